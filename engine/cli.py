@@ -1,0 +1,104 @@
+"""Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
+and `landscape-plot STORE` (redraw from a store). Bad input ends in one line on stderr and exit code 2.
+
+Run: landscape [hydra overrides, e.g. model=resnet20 data=synthetic grid.resolution=[31,31]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from engine.config import PlotConfig, RunConfig, register_configs
+from engine.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """Resolve and check a Hydra config: the typed RunConfig (its __post_init__ checks run) and a plain dict."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        run_cfg = OmegaConf.to_object(cfg)
+    except UserError:
+        raise
+    except Exception as err:
+        cause = err.__cause__ if isinstance(err.__cause__, UserError) else err
+        msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise UserError(f"bad config: {msg}") from None
+    assert isinstance(run_cfg, RunConfig) and isinstance(resolved, dict)
+    return run_cfg, resolved
+
+
+def _guarded(fn: Callable[[], Any]) -> Any:
+    """Run fn; a UserError becomes one line on stderr and exit code 2 instead of a traceback."""
+    try:
+        return fn()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _landscape(cfg: DictConfig) -> None:
+    from engine.run import run_landscape
+
+    def go() -> None:
+        run_cfg, resolved = to_run_config(cfg)
+        run_landscape(run_cfg, resolved)
+
+    _guarded(go)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _train(cfg: DictConfig) -> None:
+    from engine.run import run_train
+
+    _guarded(lambda: print(f"final weights: {run_train(to_run_config(cfg)[0])}"))
+
+
+def main() -> None:
+    """`landscape`: the whole flow for one Hydra config (or several with -m)."""
+    register_configs()
+    _landscape()
+
+
+def train_main() -> None:
+    """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
+    register_configs()
+    _train()
+
+
+def plot_main(argv: list[str] | None = None) -> None:
+    """`landscape-plot STORE`: redraw the figures and summary.json of a store without recomputing."""
+    parser = argparse.ArgumentParser(prog="landscape-plot", description=plot_main.__doc__)
+    parser.add_argument("store", help="a .zarr store written by `landscape`")
+    parser.add_argument("--out", help="folder for the figures (default: figures/ beside the store)")
+    parser.add_argument("--log", action="store_true", help="log scale for the loss")
+    parser.add_argument("--clip", type=float, default=None, help="draw losses above this value at this value")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats")
+    parser.add_argument("--basin-rise", type=float, default=0.5, help="basin threshold above the center loss")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from engine.assemble import assemble
+        from engine.run import draw
+
+        store = Path(args.store)
+        summary = assemble(store, args.basin_rise)
+        plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","))
+        figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot)
+        state = "complete" if summary["complete"] else f"partial, {len(summary['missing_tiles'])} tile(s) missing"
+        print(f"{store}: {state}; {len(figures)} figure file(s) in {figures[0].parent if figures else args.out}")
+
+    _guarded(go)
+
+
+if __name__ == "__main__":
+    main()

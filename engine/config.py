@@ -1,0 +1,229 @@
+"""Typed configuration of a sweep: one dataclass per Hydra config group, checked in __post_init__.
+
+YAML files under conf/ only choose between values; every key and type is fixed here, so an unknown
+key or a wrong type fails in Hydra with one message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from engine.errors import UserError
+
+RESNET_FAMILIES = ("resnet", "plain")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build; shapes left None are taken from the data."""
+
+    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | custom
+    width: int = 16  # channels of the first ResNet stage (doubled at each of the 3 stages)
+    hidden: list[int] = field(default_factory=lambda: [128, 128])  # MLP hidden sizes
+    in_channels: int | None = None  # image channels; None: from the data
+    image_size: int | None = None  # image side; None: from the data
+    num_classes: int | None = None  # None: from the data
+    checkpoint: str | None = None  # trained weights to load; None: train them (see train/)
+    _target_: str | None = None  # custom model: import path of an nn.Module class or factory
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom model
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise UserError(f"model.width={self.width} must be >= 1")
+        if self.name == "custom" and not self._target_:
+            raise UserError("model=custom needs model._target_=<module.Class> (and model.checkpoint=...)")
+
+
+@dataclass
+class DataConfig:
+    """Where the evaluation (and training) samples come from."""
+
+    name: str = "digits"  # digits (bundled with scikit-learn) | synthetic | custom
+    shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # synthetic: one sample's shape
+    num_classes: int = 10  # synthetic: number of classes
+    size: int = 1280  # synthetic: number of samples (train + test)
+    test_fraction: float = 0.2  # share of samples held out as the test split (fixed, seeded)
+    seed: int = 0  # seed of the split and of synthetic samples
+    _target_: str | None = None  # custom: import path of a torch Dataset class or factory
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom dataset
+
+    def __post_init__(self) -> None:
+        _check_choice("data.name", self.name, ("digits", "synthetic", "custom"))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"data.test_fraction={self.test_fraction} must lie strictly between 0 and 1")
+        if self.name == "synthetic" and (self.size < 2 or self.num_classes < 2 or not self.shape):
+            raise UserError("data=synthetic needs data.size >= 2, data.num_classes >= 2 and a data.shape")
+        if self.name == "custom" and not self._target_:
+            raise UserError("data=custom needs data._target_=<module.DatasetClass>")
+
+
+@dataclass
+class TrainConfig:
+    """SGD training of the model when no checkpoint is given; a checkpoint is saved every epoch."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UserError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+
+
+@dataclass
+class DirectionConfig:
+    """The plane's axes: seeded random (Li et al. 2018) or loaded from a file or another store."""
+
+    kind: str = "random"  # random | file
+    norm: str = "filter"  # filter | layer | none
+    ignore: str = "biasbn"  # biasbn: zero the direction on rank-1 tensors | none: normalize them whole
+    over: str = "weights"  # weights: parameters | states: parameters and BatchNorm running statistics
+    seed: int = 123  # seed of the random directions
+    path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
+
+    def __post_init__(self) -> None:
+        _check_choice("direction.kind", self.kind, ("random", "file"))
+        _check_choice("direction.norm", self.norm, ("filter", "layer", "none"))
+        _check_choice("direction.ignore", self.ignore, ("biasbn", "none"))
+        _check_choice("direction.over", self.over, ("weights", "states"))
+        if self.kind == "file" and not self.path:
+            raise UserError("direction.kind=file needs direction.path=<file.pt or store.zarr>")
+
+
+@dataclass
+class GridConfig:
+    """Coordinates swept along each direction: one entry of resolution per axis (1D line or 2D plane)."""
+
+    resolution: list[int] = field(default_factory=lambda: [21, 21])  # points per axis
+    x: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 1
+    y: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D)
+    tile: list[int] = field(default_factory=lambda: [8, 8])  # points per tile (= Zarr chunk) per axis
+
+    def __post_init__(self) -> None:
+        if len(self.resolution) not in (1, 2):
+            raise UserError(f"grid.resolution={list(self.resolution)} must have 1 (line) or 2 (plane) entries")
+        for axis, n in zip("xy", self.resolution):
+            if n < 1:
+                raise UserError(f"grid.resolution: {n} points along {axis}; give at least 1")
+        for axis in "xy"[: len(self.resolution)]:
+            lo_hi = list(getattr(self, axis))
+            if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
+                raise UserError(f"grid.{axis}={lo_hi} is an empty or inverted range; give [min, max] with min < max")
+        if len(self.tile) < len(self.resolution) or min(self.tile) < 1:
+            raise UserError(f"grid.tile={list(self.tile)} needs a size >= 1 for each of the grid's axes")
+
+
+@dataclass
+class EvalConfig:
+    """How each grid point is evaluated; batches are built once on the device and reused."""
+
+    split: str = "test"  # test | train
+    samples: int | None = None  # deterministic subsample of the split; None: all of it
+    batch_size: int = 512
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    progress: bool = True  # progress bar with ETA
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.split", self.split, ("test", "train"))
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"eval.samples={self.samples} must be >= 1 (or null for the whole split)")
+        if self.batch_size < 1:
+            raise UserError(f"eval.batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass
+class StoreConfig:
+    """Where the Zarr store goes and whether an existing one written by another config may be replaced."""
+
+    path: str | None = None  # None: <out_dir>/<name>/landscape.zarr
+    overwrite: bool = False
+
+
+@dataclass
+class PlotConfig:
+    """Figures drawn after the sweep."""
+
+    enabled: bool = True
+    log_scale: bool = False
+    clip: float | None = None  # losses above are drawn at this value; None: automatic
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
+class SummaryConfig:
+    """Numbers derived from the surface for summary.json."""
+
+    basin_rise: float = 0.5  # basin width is measured where loss <= center loss + basin_rise
+
+
+@dataclass
+class RunConfig:
+    """A whole run: train (if needed), sweep, assemble, plot."""
+
+    name: str = "${model.name}-${data.name}"  # run folder name under out_dir
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    direction: DirectionConfig = field(default_factory=DirectionConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so conf/config.yaml can build on it (Hydra structured configs)."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+# Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
+RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples")
+
+
+def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines a store's values, as a flat {dotted key: value}."""
+    flat = _flatten(cfg)
+    keep = {k: v for k, v in flat.items() if any(k == r or k.startswith(r + ".") for r in RESULT_KEYS)}
+    if cfg.get("model", {}).get("checkpoint"):
+        keep = {k: v for k, v in keep.items() if not k.startswith("train.")}
+    return keep
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short stable hash of result_config(cfg)."""
+    text = json.dumps(result_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """Name the first result-relevant keys whose values differ between two configs."""
+    a, b = result_config(old), result_config(new)
+    diffs = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
