@@ -32,7 +32,7 @@ class RunResult:
     store: Path
     summary: dict[str, Any]
     figures: list[Path]
-    tiles_computed: int
+    tiles_computed: list[tuple[int, ...]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +99,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         print(f"computed {len(tiles)} tile(s) in {time.perf_counter() - start:.1f} s; "
               f"center loss {summary['center']['loss']}, accuracy {summary['center']['accuracy']}")
         print(f"store:   {store_path}\nsummary: {run_dir / 'summary.json'}\nfigures: {run_dir / 'figures'}")
-    return RunResult(run_dir, store_path, summary, figures, len(tiles))
+    return RunResult(run_dir, store_path, summary, figures, tiles)
 
 
 def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> list[Path]:
