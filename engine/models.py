@@ -6,6 +6,7 @@ Also loads checkpoints, refusing one that does not fit the model with a line nam
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: list[int], num_classes: int) -> None:
         super().__init__()
         sizes = [in_features, *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.head = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     names, tensors = [n for n, _ in named], [t for _, t in named]
     theta = [t.detach() for t in tensors]
     if cfg.direction.kind == "random":
-        directions = dirs.random_directions(theta, plan.ndim, cfg.direction.seed, cfg.direction.norm, cfg.direction.ignore)
+        d = cfg.direction
+        directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
     else:
         raw = dirs.load_directions(cfg.direction.path, names, theta, plan.ndim)
         directions = [dirs.normalize(d, theta, cfg.direction.norm, cfg.direction.ignore) for d in raw]

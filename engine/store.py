@@ -75,7 +75,8 @@ def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
     if attrs["fingerprint"] != spec.fingerprint:
         raise UserError(
             f"store {path} was computed from other weights (fingerprint {attrs['fingerprint']}, now "
-            f"{spec.fingerprint}); the checkpoint changed: set store.overwrite=true to replace it, or pick another name="
+            f"{spec.fingerprint}); the checkpoint changed: set store.overwrite=true to replace it, "
+            "or pick another name="
         )
 
 

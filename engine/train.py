@@ -56,7 +56,8 @@ def train_model(
         model.eval()
         metrics = evaluate(model, test_batches)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        blob = {"state_dict": state, "epoch": epoch, "train_config": wanted, **{f"test_{k}": v for k, v in metrics.items()}}
+        blob = {"state_dict": state, "epoch": epoch, "train_config": wanted}
+        blob.update({f"test_{k}": v for k, v in metrics.items()})
         torch.save(blob, ckpt_dir / f"epoch_{epoch:03d}.pt")
         if log:
             print(f"epoch {epoch}/{cfg.epochs}: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}")

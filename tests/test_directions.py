@@ -37,7 +37,7 @@ def test_filter_normalization_matches_each_filter_norm(net):
 
 
 def test_layer_norm_and_no_ignore(net):
-    names, theta = _theta(net)
+    _, theta = _theta(net)
     (d,) = random_directions(theta, 1, seed=7, norm="layer", ignore="none")
     for di, wi in zip(d, theta):
         torch.testing.assert_close(di.norm(), wi.norm(), rtol=1e-5, atol=1e-6)

@@ -134,7 +134,7 @@ def test_store_of_another_config_is_refused_then_overwritten(tmp_path):
 
 
 def test_directions_file_roundtrip_through_store(trained_run, tmp_path):
-    cfg, _, result = trained_run
+    _, _, result = trained_run
     ckpt = result.run_dir / "checkpoints" / "final.pt"
     again, resolved = make_cfg(tmp_path, "direction=file", f"direction.path={result.store}",
                                f"model.checkpoint={ckpt}", "name=reuse")
