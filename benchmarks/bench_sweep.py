@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""python benchmarks/bench_sweep.py [--workload mlp|resnet20|all] [--points N] [--repeats R] [--threads T]
+
+Milliseconds per grid point of a loss-landscape sweep, measured in one process on the same model, data
+and grid points:
+
+- naive: the seed document's method; per point copy.deepcopy(model), a new state dict
+  theta* + a*d1 + b*d2 over every state_dict entry, load_state_dict, then a DataLoader pass under
+  torch.no_grad() with .item() per batch;
+- engine in place: engine.perturb.Perturber.set + engine.evaluate.evaluate over device batches built
+  once (what engine.sweep.sweep_tiles does per point, without the store), at the engine's batch size
+  and, where it differs, also at the naive loader's batch size (to separate method from batch size);
+- engine sweep_tiles: one full engine.sweep.sweep_tiles run of the whole grid into a fresh Zarr store
+  (engine.store.open_store; store creation itself is not timed, tile writes are);
+- FLOP floor: forward FLOPs of one point (FlopCounterMode) / the fp32 torch.mm rate measured in this run.
+
+Naive and the engine variants run on the same points, each back to back over them, alternating rounds.
+Engine (both batch sizes) and the sweep_tiles store are checked against naive at a few grid points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.config import GridConfig
+from engine.data import Split, device_batches, synthetic_images
+from engine.directions import perturbed_tensors, random_directions
+from engine.evaluate import Batches, evaluate
+from engine.grid import GridPlan, make_plan
+from engine.models import MLP, CifarResNet, state_fingerprint
+from engine.perturb import Perturber
+from engine.store import StoreSpec, open_store, read_surface
+from engine.sweep import sweep_tiles
+
+Point = tuple[float, float]
+DIRECTION_SEED = 0
+REL_TOL = 1e-4
+SWEEP_REPEAT_BUDGET_S = 5.0
+
+
+@dataclass
+class Workload:
+    """A model, its evaluation data, the grid and the batch sizes each method uses."""
+
+    name: str
+    title: str
+    make_model: Callable[[], nn.Module]
+    make_data: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    resolution: int
+    engine_batch: int
+    naive_batch: int
+    default_points: int
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 scikit-learn digits as (N, 1, 8, 8) float32 images in [0, 1] and long labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(bunch.target, dtype=torch.long)
+
+
+WORKLOADS = {
+    "mlp": Workload(
+        "mlp", "MLP 64-128-128-10 on 1797 digits", lambda: MLP(64, [128, 128], 10), digits, 21, 1797, 128, 441
+    ),
+    "resnet20": Workload(
+        "resnet20",
+        "CifarResNet(20, 10, 3, 16, shortcut=True) on 256 synthetic 3x32x32 images",
+        lambda: CifarResNet(20, 10, 3, 16, shortcut=True),
+        lambda: synthetic_images((3, 32, 32), 256, 10, 0),
+        7,
+        256,
+        128,
+        10,
+    ),
+}
+
+
+class Naive:
+    """The seed's per-point method: deepcopy, full state dict theta* + a*d1 + b*d2, load, DataLoader pass."""
+
+    def __init__(self, model: nn.Module, names: list[str], directions: list[list[torch.Tensor]],
+                 loader: DataLoader) -> None:
+        self.model = model
+        self.theta = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.dirs: list[dict[str, torch.Tensor]] = []
+        for direction in directions:
+            by_name = dict(zip(names, direction))
+            self.dirs.append({k: by_name[k].detach().clone() if k in by_name else torch.zeros_like(v)
+                              for k, v in self.theta.items()})
+        self.loader = loader
+
+    def point(self, coords: Point) -> dict[str, float]:
+        """Mean loss and accuracy at theta* + coords[0] d1 + coords[1] d2."""
+        a, b = coords
+        d1, d2 = self.dirs
+        other = copy.deepcopy(self.model)
+        other.load_state_dict({k: t + a * d1[k] + b * d2[k] for k, t in self.theta.items()})
+        loss, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in self.loader:
+                out = other(x)
+                loss += F.cross_entropy(out, y).item() * len(y)
+                correct += (out.argmax(1) == y).sum().item()
+                count += len(y)
+        return {"loss": loss / count, "accuracy": correct / count}
+
+
+def engine_points(model: nn.Module, batches: Batches, perturber: Perturber,
+                  points: Sequence[Point]) -> list[dict[str, float]]:
+    """The engine's K=1 path per point: set the live tensors in place, evaluate; theta* restored after."""
+    with perturber.active():
+        out = []
+        for coords in points:
+            perturber.set(coords)
+            out.append(evaluate(model, batches))
+    return out
+
+
+def round_ms(naive: Naive, model: nn.Module, perturber: Perturber, engine_batches: dict[str, Batches],
+             points: Sequence[Point]) -> dict[str, float]:
+    """One round: naive over all points, then each engine variant over the same points; ms/point each."""
+    start = time.perf_counter()
+    for coords in points:
+        naive.point(coords)
+    out = {"naive": (time.perf_counter() - start) * 1e3 / len(points)}
+    for key, batches in engine_batches.items():
+        start = time.perf_counter()
+        engine_points(model, batches, perturber, points)
+        out[key] = (time.perf_counter() - start) * 1e3 / len(points)
+    return out
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 torch.mm rate in FLOP/s on n x n matrices."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+def point_flops(model: nn.Module, batches: Batches) -> int:
+    """Forward FLOPs of one evaluation pass over the eval data, as counted by FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        evaluate(model, batches)
+    return int(counter.get_total_flops())
+
+
+def pick_points(plan: GridPlan, n: int) -> list[Point]:
+    """n grid points spread evenly over the grid in row-major order (all of them if n >= the grid size)."""
+    grid = [(float(a), float(b)) for a in plan.coords[0] for b in plan.coords[1]]
+    if n >= len(grid):
+        return grid
+    return [grid[i] for i in np.unique(np.linspace(0, len(grid) - 1, n).round().astype(int))]
+
+
+def timed_sweep(model: nn.Module, batches: Batches, perturber: Perturber, plan: GridPlan, spec: StoreSpec,
+                path: Path) -> float:
+    """Seconds of one full sweep_tiles run into a freshly created store at path (creation not timed)."""
+    root = open_store(path, spec, overwrite=True)
+    start = time.perf_counter()
+    sweep_tiles(model, batches, perturber, plan, root, progress=False)
+    return time.perf_counter() - start
+
+
+def check_close(got: dict[str, float], want: dict[str, float], count: int, what: str) -> float:
+    """Assert loss within REL_TOL relative and at most one flipped prediction; returns the relative diff."""
+    rel = abs(got["loss"] - want["loss"]) / abs(want["loss"])
+    assert rel <= REL_TOL, f"{what}: loss {got['loss']} vs naive {want['loss']}"
+    assert abs(got["accuracy"] - want["accuracy"]) * count <= 1.5, f"{what}: {got} vs naive {want}"
+    return rel
+
+
+def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -> None:
+    """Set up one workload, verify, time every method and print its table."""
+    torch.manual_seed(0)
+    model = w.make_model().eval()
+    x, y = w.make_data()
+    named = perturbed_tensors(model, "weights")
+    names, tensors = [n for n, _ in named], [t for _, t in named]
+    directions = random_directions([t.detach() for t in tensors], 2, DIRECTION_SEED, "filter", "biasbn")
+    cpu = torch.device("cpu")
+    batches = device_batches(Split(x, y), w.engine_batch, cpu)
+    engine_batches = {"engine": batches}
+    if w.naive_batch != w.engine_batch:
+        engine_batches["engine_naive_batch"] = device_batches(Split(x, y), w.naive_batch, cpu)
+    loader = DataLoader(TensorDataset(x, y), batch_size=w.naive_batch, shuffle=False)
+    naive = Naive(copy.deepcopy(model), names, directions, loader)
+    perturber = Perturber(tensors, directions)
+    plan = make_plan(GridConfig(resolution=[w.resolution, w.resolution]))
+    points = pick_points(plan, n_points or w.default_points)
+    n = w.resolution
+    check_idx = [(0, 0), (n // 2, n // 2), (n // 3, 2 * n // 3), (n - 1, n - 1)]
+    check = [(float(plan.coords[0][i]), float(plan.coords[1][j])) for i, j in check_idx]
+    want = [naive.point(coords) for coords in check]
+    worst = 0.0
+    for key, eb in engine_batches.items():
+        for coords, got, ref in zip(check, engine_points(model, eb, perturber, check), want):
+            worst = max(worst, check_close(got, ref, len(y), f"{key} at {coords}"))
+
+    round_ms(naive, model, perturber, engine_batches, points[:2])
+    runs = [round_ms(naive, model, perturber, engine_batches, points) for _ in range(repeats)]
+    ms = {key: [r[key] for r in runs] for key in runs[0]}
+
+    spec = StoreSpec({"benchmark": {"workload": w.name}}, plan, names, [tuple(t.shape) for t in tensors],
+                     directions, state_fingerprint(model))
+    warm_plan = GridPlan((np.zeros(1), np.zeros(1)), (1, 1))
+    warm_spec = StoreSpec({"benchmark": {"warmup": w.name}}, warm_plan, names, spec.shapes, directions,
+                          spec.fingerprint)
+    sweep_s: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        timed_sweep(model, batches, perturber, warm_plan, warm_spec, Path(tmp) / "warmup.zarr")
+        while len(sweep_s) < repeats and (not sweep_s or sum(sweep_s) < SWEEP_REPEAT_BUDGET_S):
+            sweep_s.append(timed_sweep(model, batches, perturber, plan, spec, Path(tmp) / "sweep.zarr"))
+        surface = read_surface(Path(tmp) / "sweep.zarr")
+    for (i, j), coords, ref in zip(check_idx, check, want):
+        got = {m: float(surface.metrics[m][i, j]) for m in ("loss", "accuracy")}
+        worst = max(worst, check_close(got, ref, len(y), f"sweep_tiles store at {coords}"))
+    total = int(np.prod(plan.shape))
+    ms["sweep"] = [s * 1e3 / total for s in sweep_s]
+
+    flops = point_flops(model, batches)
+    floor_ms = flops / rate * 1e3
+    med = {key: statistics.median(v) for key, v in ms.items()}
+    grid = f"{w.resolution}x{w.resolution}"
+    print(f"\n== {w.name}: {w.title}, {grid} grid over [-1,1]^2, threads={torch.get_num_threads()} ==")
+    print(f"batch size: naive DataLoader {w.naive_batch} ({len(loader)} batches/point), "
+          f"engine {w.engine_batch} ({len(batches)} batch(es)/point)")
+    print(f"verified: engine in place and sweep_tiles store vs naive at {len(check)} grid points, "
+          f"max loss rel diff {worst:.1e} (tol {REL_TOL:g})")
+    print(f"timed: naive and engine on the same {len(points)} of {total} points, back to back per method, "
+          f"methods alternating over {repeats} rounds, median;")
+    print(f"       sweep_tiles on all {total} points ({plan.tile_grid[0] * plan.tile_grid[1]} tile(s) of "
+          f"{plan.tile[0]}x{plan.tile[1]}), median of {len(sweep_s)} run(s)")
+    rows = [
+        ("naive (deepcopy + load_state_dict + DataLoader)", med["naive"], min(ms["naive"])),
+        (f"engine in place (Perturber.set + evaluate), B={w.engine_batch}", med["engine"], min(ms["engine"])),
+    ]
+    if "engine_naive_batch" in med:
+        rows.append((f"  same, at the naive batch size B={w.naive_batch}", med["engine_naive_batch"],
+                     min(ms["engine_naive_batch"])))
+    rows += [
+        (f"engine sweep_tiles (with Zarr store), B={w.engine_batch}", med["sweep"], min(ms["sweep"])),
+        (f"FLOP floor ({flops / 1e6:.1f} MFLOP/pt @ {rate / 1e9:.1f} GFLOP/s)", floor_ms, floor_ms),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'method':<{width}}  {'ms/point':>10}  {'best':>10}")
+    for label, median, best in rows:
+        print(f"{label:<{width}}  {median:>10.3f}  {best:>10.3f}")
+    naive, engine, sweep = med["naive"], med["engine"], med["sweep"]
+    print(f"ratios: naive/engine {naive / engine:.2f}x, engine/floor {engine / floor_ms:.2f}x, "
+          f"naive/floor {naive / floor_ms:.2f}x, sweep_tiles/engine {sweep / engine:.2f}x")
+    if "engine_naive_batch" in med:
+        print(f"        naive/engine at equal batch size {naive / med['engine_naive_batch']:.2f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the flags, measure the matmul rate once, then run each chosen workload."""
+    parser = argparse.ArgumentParser(description="ms per grid point: naive vs engine vs FLOP floor")
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--points", type=int, default=None,
+                        help="grid points timed per repeat, naive and engine (default: mlp 441, resnet20 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rate = matmul_rate()
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, "
+          f"fp32 torch.mm 2048x2048 best of 5: {rate / 1e9:.1f} GFLOP/s")
+    for name in WORKLOADS if args.workload == "all" else [args.workload]:
+        run_workload(WORKLOADS[name], args.points, args.repeats, rate)
+
+
+if __name__ == "__main__":
+    main()
