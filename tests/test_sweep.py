@@ -141,3 +141,13 @@ def test_directions_file_roundtrip_through_store(trained_run, tmp_path):
     reused = run_landscape(again, resolved, log=False)
     np.testing.assert_allclose(read_surface(reused.store).metrics["loss"],
                                read_surface(result.store).metrics["loss"], rtol=1e-6)
+
+
+def test_far_points_store_nonfinite_and_draw(tmp_path):
+    cfg, resolved = make_cfg(tmp_path, "grid.x=[-1e12,1e12]", "grid.resolution=[5,3]", "plot.enabled=true",
+                             "plot.formats=[png]")
+    result = run_landscape(cfg, resolved, log=False)
+    loss = read_surface(result.store).metrics["loss"]
+    assert read_surface(result.store).done.all() and not np.isfinite(loss[0]).any()
+    assert np.isfinite(loss[2, 1]) and result.summary["nonfinite_points"] + int(np.isnan(loss).sum()) > 0
+    assert {p.name for p in result.figures} >= {"contourf.png", "heatmap.png", "surface3d.png"}

@@ -1,0 +1,194 @@
+"""engine.plot: the files written, robustness to missing/diverging values, orientation and clipping of what is drawn."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.axes import Axes
+
+from engine.plot import _grid, _prepare, draw_comparison, draw_surfaces
+
+X = np.linspace(-1.0, 1.0, 9)
+Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass
+
+
+def bowl(x: np.ndarray = X, y: np.ndarray = Y) -> np.ndarray:
+    """x**2 + 2 y**2 laid out as arr[i, j] = f(x[i], y[j])."""
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    return xx**2 + 2 * yy**2
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Record the Z arrays (and results) that reach Axes.contour / contourf / pcolormesh."""
+    calls: dict[str, list] = {"contour": [], "contourf": [], "pcolormesh": []}
+    for name in calls:
+        original = getattr(Axes, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            result = _original(self, *args, **kwargs)
+            if len(args) == 3 and np.shape(args[2]) == (len(Y), len(X)):  # not a colorbar's own pcolormesh
+                calls[_name].append((np.ma.array(args[2], copy=True), result))
+            return result
+
+        monkeypatch.setattr(Axes, name, spy)
+    return calls
+
+
+def names(paths: list[Path]) -> set[str]:
+    """File names of a list of paths."""
+    return {p.name for p in paths}
+
+
+def test_2d_writes_every_figure_in_every_format(tmp_path: Path) -> None:
+    loss = bowl()
+    metrics = {"loss": loss, "accuracy": 1 - loss / loss.max(), "grad_norm": 3 * loss}
+    paths = draw_surfaces([X, Y], metrics, tmp_path / "new" / "figs", title="bowl", markers={"theta*": (0.0, 0.0)})
+    stems = ["contour", "contourf", "heatmap", "surface3d", "accuracy_heatmap", "grad_norm_heatmap"]
+    assert names(paths) == {f"{s}.{f}" for s in stems for f in ("png", "pdf")}
+    assert sorted(paths) == sorted((tmp_path / "new" / "figs").iterdir())
+    for path in paths:
+        assert path.stat().st_size > 0
+        if path.suffix == ".png":
+            image = mpimg.imread(path)
+            assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        else:
+            assert path.read_bytes().startswith(b"%PDF")
+    assert plt.get_fignums() == []
+
+
+def test_1d_writes_line_and_one_line_per_other_metric(tmp_path: Path) -> None:
+    metrics = {"loss": X**2, "accuracy": 1 - X**2 / 2, "sharpness": np.abs(X)}
+    paths = draw_surfaces([X], metrics, tmp_path, markers={"theta*": (0.0,)})
+    assert names(paths) == {"line.png", "line.pdf", "sharpness_line.png", "sharpness_line.pdf"}
+    for path in paths:
+        assert path.stat().st_size > 0
+    height, width = mpimg.imread(tmp_path / "line.png").shape[:2]
+    assert height > 100 and width > 100
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize(("case", "log_scale"), [("inf_nan_huge", False), ("inf_nan_huge", True), ("all_nan", False),
+                                                ("constant", True), ("single_finite", False), ("all_inf", True)])
+def test_bad_values_never_raise_nor_warn(tmp_path: Path, case: str, log_scale: bool) -> None:
+    loss = bowl()
+    if case == "inf_nan_huge":
+        loss[-2:, -2:] = np.inf
+        loss[0, 0], loss[0, -1], loss[1, 1] = np.nan, 1e9, -np.inf
+    elif case == "all_nan":
+        loss = np.full_like(loss, np.nan)
+    elif case == "constant":
+        loss = np.full_like(loss, 2.5)
+    elif case == "single_finite":
+        loss = np.full_like(loss, np.nan)
+        loss[3, 3] = 1.0
+    else:
+        loss = np.full_like(loss, np.inf)
+    metrics = {"loss": loss}
+    if case in ("inf_nan_huge", "all_nan"):
+        metrics["accuracy"] = np.where(np.isfinite(loss), 0.5, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = draw_surfaces([X, Y], metrics, tmp_path, formats=["png"], log_scale=log_scale,
+                              markers={"theta*": (0.0, 0.0)})
+        assert len(paths) == 3 + len(metrics) and all(p.stat().st_size > 0 for p in paths)
+        lines = draw_surfaces([X], {k: v[:, 3] for k, v in metrics.items()}, tmp_path, formats=["png"],
+                              log_scale=log_scale, markers={"theta*": (0.0,)})
+        assert names(lines) == {"line.png"}
+    assert plt.get_fignums() == []
+
+
+def test_log_scale_with_zeros_and_negatives(tmp_path: Path, recorded: dict[str, list]) -> None:
+    loss = bowl() - 1.0  # zeros are absent, but a band of negatives and a zero are forced in
+    loss[4, 1] = 0.0
+    smallest_positive = loss[loss > 0].min()
+    z = _grid(loss, log_scale=True)
+    assert np.isfinite(z.compressed()).all()
+    assert z.min() == pytest.approx(np.log10(smallest_positive))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        draw_surfaces([X, Y], {"loss": loss}, tmp_path, log_scale=True, formats=["png"])
+        draw_surfaces([X], {"loss": np.linspace(-1, 1, 9)}, tmp_path, log_scale=True, formats=["png"])
+    drawn = recorded["contourf"][0][0]
+    assert drawn.min() == pytest.approx(np.log10(smallest_positive))
+
+
+def test_orientation_x_dependent_surface_has_vertical_iso_lines(tmp_path: Path, recorded: dict[str, list]) -> None:
+    loss = np.repeat(X[:, None], len(Y), axis=1) + 2.0  # depends on x only: arr[i, j] = x[i] + 2
+    z = _grid(loss)
+    assert z.shape == (len(Y), len(X))
+    np.testing.assert_allclose(z, np.broadcast_to(X + 2.0, z.shape))
+    draw_surfaces([X, Y], {"loss": loss}, tmp_path, formats=["png"])
+    drawn, contour_set = recorded["contour"][0]
+    np.testing.assert_allclose(drawn, z)
+    assert len(contour_set.allsegs) >= 5
+    for level in contour_set.allsegs:  # each iso-line is vertical (split only by its inline label), from y0 to y1
+        points = np.concatenate([seg for seg in level if len(seg)])
+        assert np.ptp(points[:, 0]) < 1e-9
+        assert points[:, 1].min() == pytest.approx(Y[0]) and points[:, 1].max() == pytest.approx(Y[-1])
+    corners = recorded["pcolormesh"][0][1].get_coordinates()  # cell corners, (rows + 1, columns + 1, xy)
+    assert corners.shape == (len(Y) + 1, len(X) + 1, 2)
+    assert np.ptp(corners[:, 0, 0]) == 0 and np.ptp(corners[0, :, 1]) == 0  # x along columns, y along rows
+    assert corners[0, 0, 0] < X[0] < corners[0, 1, 0] and corners[0, -2, 0] < X[-1] < corners[0, -1, 0]
+    assert corners[0, 0, 1] < Y[0] < corners[1, 0, 1] and corners[-2, 0, 1] < Y[-1] < corners[-1, 0, 1]
+
+
+def test_explicit_clip_caps_inf_and_keeps_nan_masked(tmp_path: Path, recorded: dict[str, list]) -> None:
+    loss = bowl()
+    loss[-1, -1], loss[-1, 0], loss[0, 0], loss[1, 0] = np.inf, 1e9, np.nan, -np.inf
+    p = _prepare(loss, clip=2.0)
+    assert p.max() == 2.0
+    assert p[-1, -1] == 2.0 and p[-1, 0] == 2.0
+    assert np.ma.getmaskarray(p)[0, 0] and np.ma.getmaskarray(p)[1, 0]
+    assert np.ma.getmaskarray(p).sum() == 2
+    draw_surfaces([X, Y], {"loss": loss}, tmp_path, clip=2.0, formats=["png"])
+    for kind in ("contour", "contourf", "pcolormesh"):
+        drawn = recorded[kind][0][0]
+        assert drawn.max() <= 2.0
+        assert np.ma.getmaskarray(drawn).T[0, 0] and np.ma.getmaskarray(drawn).T[1, 0]
+        assert drawn.T[-1, -1] == 2.0
+
+
+def test_automatic_clip_keeps_basin_when_a_corner_diverges() -> None:
+    clean = bowl(X, X)
+    np.testing.assert_allclose(_prepare(clean), clean)  # nothing diverges: nothing clipped
+    loss = clean.copy()
+    loss[-2:, -2:] = np.inf
+    loss[0, -1] = 1e6
+    p = _prepare(loss)
+    assert clean.max() <= p.max() < 10  # the basin is untouched, the diverging corner is capped near it
+    assert p[-1, -1] == p.max() and p[0, -1] == p.max()
+    kept = np.isfinite(loss) & (loss < 1e6)
+    np.testing.assert_allclose(p[kept], clean[kept])
+
+
+def test_mismatched_shapes_and_markers_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loss"):
+        draw_surfaces([X, Y], {"loss": bowl().T}, tmp_path)
+    with pytest.raises(ValueError, match="coords"):
+        draw_surfaces([X, Y, X], {"loss": bowl()}, tmp_path)
+    with pytest.raises(ValueError, match="marker"):
+        draw_surfaces([X, Y], {"loss": bowl()}, tmp_path, markers={"theta*": (0.0,)})
+
+
+def test_comparison_2d_and_1d(tmp_path: Path, recorded: dict[str, list]) -> None:
+    a, b = bowl(), 3 * bowl()
+    b[0, 0] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out2 = draw_comparison({"sgd": ([X, Y], a), "adam": ([X, Y], b)}, tmp_path / "cmp" / "loss2d.png")
+        out1 = draw_comparison({"sgd": ([X], a[:, 3]), "adam": ([X], b[:, 3])}, tmp_path / "loss1d.pdf",
+                               log_scale=True)
+    assert out2 == tmp_path / "cmp" / "loss2d.png" and out2.stat().st_size > 0
+    assert mpimg.imread(out2).shape[1] > mpimg.imread(out2).shape[0]  # a row of panels
+    assert out1.read_bytes().startswith(b"%PDF")
+    first, second = (cs for _, cs in recorded["contourf"])
+    np.testing.assert_array_equal(first.levels, second.levels)  # one shared colour scale
+    assert plt.get_fignums() == []
+    with pytest.raises(ValueError, match="dimensions"):
+        draw_comparison({"a": ([X, Y], a), "b": ([X], a[:, 0])}, tmp_path / "bad.png")
