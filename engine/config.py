@@ -107,10 +107,10 @@ class DirectionConfig:
 class GridConfig:
     """Coordinates swept along each direction: one entry of resolution per axis (1D line or 2D plane)."""
 
-    resolution: list[int] = field(default_factory=lambda: [21, 21])  # points per axis
+    resolution: list[int] = field(default_factory=lambda: [41, 41])  # points per axis
     x: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 1
     y: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D)
-    tile: list[int] = field(default_factory=lambda: [8, 8])  # points per tile (= Zarr chunk) per axis
+    tile: list[int] = field(default_factory=lambda: [14, 14])  # points per tile (= Zarr chunk) per axis
 
     def __post_init__(self) -> None:
         if len(self.resolution) not in (1, 2):
