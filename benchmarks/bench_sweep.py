@@ -224,10 +224,10 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
     runs = [round_ms(naive, model, perturber, engine_batches, points) for _ in range(repeats)]
     ms = {key: [r[key] for r in runs] for key in runs[0]}
 
-    spec = StoreSpec({"benchmark": {"workload": w.name}}, plan, names, [tuple(t.shape) for t in tensors],
+    spec = StoreSpec({"benchmark": {"workload": w.name}}, {"": plan}, names, [tuple(t.shape) for t in tensors],
                      directions, state_fingerprint(model))
     warm_plan = GridPlan((np.zeros(1), np.zeros(1)), (1, 1))
-    warm_spec = StoreSpec({"benchmark": {"warmup": w.name}}, warm_plan, names, spec.shapes, directions,
+    warm_spec = StoreSpec({"benchmark": {"warmup": w.name}}, {"": warm_plan}, names, spec.shapes, directions,
                           spec.fingerprint)
     sweep_s: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:

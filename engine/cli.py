@@ -7,6 +7,7 @@ Run: landscape [hydra overrides, e.g. model=resnet20 data=synthetic grid.resolut
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,12 +38,22 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def _guarded(fn: Callable[[], Any]) -> Any:
-    """Run fn; a UserError becomes one line on stderr and exit code 2 instead of a traceback."""
+    """Run fn, then leave the process group; a UserError becomes one line on stderr and exit code 2."""
+    from engine.dist import destroy_distributed
+
     try:
         return fn()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        destroy_distributed()
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (torchrun stopping the other ranks, SLURM preemption) into a clean exit that releases
+    the store lease; submitit installs its own handlers inside its jobs, so this is for the CLI only."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -66,6 +77,7 @@ def _train(cfg: DictConfig) -> None:
 def main() -> None:
     """`landscape`: the whole flow for one Hydra config (or several with -m)."""
     register_configs()
+    _exit_on_sigterm()
     _landscape()
 
 

@@ -111,6 +111,7 @@ class GridConfig:
     x: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 1
     y: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D)
     tile: list[int] = field(default_factory=lambda: [14, 14])  # points per tile (= Zarr chunk) per axis
+    preview: int = 4  # stride of a coarse preview plane swept first (0: none), so a stopped run still shows one
 
     def __post_init__(self) -> None:
         if len(self.resolution) not in (1, 2):
@@ -122,6 +123,8 @@ class GridConfig:
             lo_hi = list(getattr(self, axis))
             if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
                 raise UserError(f"grid.{axis}={lo_hi} is an empty or inverted range; give [min, max] with min < max")
+        if self.preview < 0:
+            raise UserError(f"grid.preview={self.preview} must be >= 0 (0 turns the coarse preview off)")
         if len(self.tile) < len(self.resolution) or min(self.tile) < 1:
             raise UserError(f"grid.tile={list(self.tile)} needs a size >= 1 for each of the grid's axes")
 
@@ -150,6 +153,7 @@ class StoreConfig:
 
     path: str | None = None  # None: <out_dir>/<name>/landscape.zarr
     overwrite: bool = False
+    lease_ttl: float = 120.0  # seconds a job's lease on the store lasts unless renewed (it renews every ttl/4)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Layout (DESIGN.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
 flag (and one chunk) per tile, written after the tile's data; `x`, `y` coordinates; `directions/d<k>`
-flat vectors with the tensor names and shapes in their attributes. Root attributes hold the resolved
+flat vectors with the tensor names and shapes in their attributes; `preview/` holds the same arrays for
+the coarse preview lattice swept first (grid.preview). Root attributes hold the resolved
 config, its hash, the engine version and the fingerprint of theta*. Every array records dimension
 names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
 """
@@ -33,7 +34,7 @@ class StoreSpec:
     """Everything a new store is created from; compared against an existing store before reuse."""
 
     config: dict[str, Any]
-    plan: GridPlan
+    levels: dict[str, GridPlan]  # '' is the full grid; 'preview' the coarse lattice, when there is one
     names: list[str]
     shapes: list[tuple[int, ...]]
     directions: list[list[torch.Tensor]]
@@ -80,19 +81,24 @@ def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
         )
 
 
-def _create(path: Path, spec: StoreSpec) -> zarr.Group:
-    plan = spec.plan
-    root = zarr.open_group(path, mode="w", zarr_format=3)
-    root.attrs.update({"format": FORMAT, "creating": True})
+def _create_level(group: zarr.Group, plan: GridPlan) -> None:
     for metric in METRICS:
-        root.create_array(
+        group.create_array(
             metric, shape=plan.shape, chunks=plan.tile, dtype="float32", fill_value=np.nan, dimension_names=plan.dims
         )
     tile_dims = tuple(f"tile_{d}" for d in plan.dims)
-    root.create_array("done", shape=plan.tile_grid, chunks=(1,) * plan.ndim, dtype="uint8", fill_value=0,
-                      dimension_names=tile_dims)
+    group.create_array("done", shape=plan.tile_grid, chunks=(1,) * plan.ndim, dtype="uint8", fill_value=0,
+                       dimension_names=tile_dims)
     for dim, coords in zip(plan.dims, plan.coords):
-        root.create_array(dim, shape=coords.shape, dtype="float64", dimension_names=(dim,))[:] = coords
+        group.create_array(dim, shape=coords.shape, dtype="float64", dimension_names=(dim,))[:] = coords
+
+
+def _create(path: Path, spec: StoreSpec) -> zarr.Group:
+    plan = spec.levels[""]
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs.update({"format": FORMAT, "creating": True})
+    for level, level_plan in spec.levels.items():
+        _create_level(root.create_group(level) if level else root, level_plan)
     for k, direction in enumerate(spec.directions):
         flat = flatten(direction).numpy()
         arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
@@ -107,23 +113,30 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
         "fingerprint": spec.fingerprint,
         "dims": list(plan.dims),
         "tile": list(plan.tile),
+        "levels": [level for level in spec.levels if level],
         "metrics": list(METRICS),
     })
     return root
 
 
-def pending_tiles(root: zarr.Group, plan: GridPlan) -> list[tuple[int, ...]]:
-    """Tiles whose done flag is unset, in the plan's order."""
-    done = np.asarray(root["done"][...])
+def _level(root: zarr.Group, level: str) -> zarr.Group:
+    return root[level] if level else root
+
+
+def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tuple[int, ...]]:
+    """Tiles of a level whose done flag is unset, in the plan's (coarse-to-fine) order."""
+    done = np.asarray(_level(root, level)["done"][...])
     return [t for t in plan.tiles() if not done[t]]
 
 
-def write_tile(root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray]) -> None:
+def write_tile(
+    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
+) -> None:
     """Write one tile's metric chunks, then (only then) its done flag."""
-    sl = plan.tile_slices(tile)
+    group, sl = _level(root, level), plan.tile_slices(tile)
     for metric in METRICS:
-        root[metric][sl] = values[metric]
-    root["done"][tuple(slice(i, i + 1) for i in tile)] = 1
+        group[metric][sl] = values[metric]
+    group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
 
 
 def read_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
@@ -148,13 +161,16 @@ class Surface:
     attrs: dict[str, Any]
 
 
-def read_surface(path: str | Path) -> Surface:
-    """Read a whole store (not for writing)."""
+def read_surface(path: str | Path, level: str = "") -> Surface:
+    """Read one level of a store (the full grid by default, or 'preview'); not for writing."""
     root = _open_existing(path)
     attrs = dict(root.attrs)
-    coords = tuple(np.asarray(root[d][:]) for d in attrs["dims"])
-    metrics = {m: np.asarray(root[m][...]) for m in attrs["metrics"]}
-    return Surface(coords, metrics, np.asarray(root["done"][...]).astype(bool), attrs)
+    if level and level not in attrs.get("levels", []):
+        raise UserError(f"store {path} has no {level!r} level")
+    group = _level(root, level)
+    coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
+    metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
+    return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
 
 
 def _open_existing(path: str | Path) -> zarr.Group:

@@ -114,7 +114,7 @@ def test_resume_recomputes_only_cleared_tile(tmp_path):
     root["loss"][4:6, 0:4] = -1.0  # data of tile (1, 0) damaged, and its flag cleared
     root["done"][1:2, 0:1] = 0
     second = run_landscape(cfg, resolved, log=False)
-    assert second.tiles_computed == [(1, 0)]
+    assert second.tiles_computed == [("", (1, 0))]
     np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], reference)
     assert run_landscape(cfg, resolved, log=False).tiles_computed == []
 
