@@ -1,0 +1,109 @@
+"""Real gloo ranks through torchrun: N-rank stores equal the 1-process store exactly, a killed rank is
+survived by a rerun with identical numbers, and a second job on a live store is refused."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.grid import PREVIEW
+from engine.store import read_surface
+from tests.conftest import TINY, run_cli
+
+GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc: int, *overrides: str, cwd: Path, wait: bool = True):
+    """`torchrun --standalone -m engine.sweep` with real gloo ranks (a free port is picked by torchrun)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "engine.sweep", *TINY, *GRID, *overrides]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A trained checkpoint and the 1-process store made from it."""
+    cwd = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, "name=one"],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return cwd, cwd / "runs" / "one"
+
+
+def _assert_same_store(a: Path, b: Path) -> None:
+    for level in ("", PREVIEW):
+        sa, sb = read_surface(a, level), read_surface(b, level)
+        assert sa.done.all() and sb.done.all()
+        for metric in ("loss", "accuracy"):
+            np.testing.assert_array_equal(sa.metrics[metric], sb.metrics[metric])
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_ranks_make_the_same_store_as_one_process(reference, nproc):
+    cwd, one = reference
+    ckpt = one / "checkpoints" / "final.pt"
+    done = torchrun(nproc, f"model.checkpoint={ckpt}", f"name=n{nproc}", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = cwd / "runs" / f"n{nproc}"
+    _assert_same_store(one / "landscape.zarr", run / "landscape.zarr")
+    logs = sorted(p.name for p in (run / "logs").iterdir())
+    assert logs == [f"rank{r}.log" for r in range(nproc)]
+    claimed = [len(re.findall(r"tile \(", (run / "logs" / f).read_text())) for f in logs]
+    assert sum(claimed) == 9 + 4  # every tile of both levels exactly once, across ranks
+    assert (run / "summary.json").exists() and (run / "figures").is_dir() is False  # plot.enabled=false
+
+
+def _wait_for(pattern: str, path: Path, proc: subprocess.Popen, timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and (m := re.search(pattern, path.read_text())):
+            return m.group(1)
+        assert proc.poll() is None, f"job ended early: {proc.stdout.read() if proc.stdout else ''}"
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} never appeared in {path}")
+
+
+def test_killed_rank_stops_the_job_and_rerun_completes_identically(reference):
+    cwd, one = reference
+    args = (f"model.checkpoint={one / 'checkpoints' / 'final.pt'}", "name=killed", "eval.samples=256")
+    proc = torchrun(2, *args, cwd=cwd, wait=False)
+    log1 = cwd / "runs" / "killed" / "logs" / "rank1.log"
+    pid = int(_wait_for(r"pid (\d+)\)", log1, proc))
+    _wait_for(r"(tile) \(", log1, proc)
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=120)  # the job stops visibly instead of hanging
+    assert proc.returncode != 0
+    partial = read_surface(cwd / "runs" / "killed" / "landscape.zarr")
+    assert not partial.done.all()
+    done = torchrun(2, *args, cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reference_256 = run_cli("main", *TINY, *GRID, *args[:1], "name=ref256", "eval.samples=256", cwd=cwd)
+    assert reference_256.returncode == 0, reference_256.stderr
+    _assert_same_store(cwd / "runs" / "ref256" / "landscape.zarr", cwd / "runs" / "killed" / "landscape.zarr")
+
+
+def test_second_job_on_a_live_store_is_refused(reference):
+    cwd, one = reference
+    args = (f"model.checkpoint={one / 'checkpoints' / 'final.pt'}", "name=busy", "grid.resolution=[80,80]")
+    first = torchrun(1, *args, cwd=cwd, wait=False)
+    _wait_for(r"(tile) \(", cwd / "runs" / "busy" / "logs" / "rank0.log", first)
+    store = cwd / "runs" / "busy" / "landscape.zarr"
+    before = read_surface(store).done.sum()
+    second = run_cli("main", *TINY, *GRID, *args, cwd=cwd)
+    assert second.returncode == 2 and "is being written by" in second.stderr, second.stderr
+    assert first.poll() is None, "the first job should still be running"
+    first.send_signal(signal.SIGTERM)  # a clean stop (as torchrun or SLURM would send) releases the lease
+    first.communicate(timeout=120)
+    assert not Path(f"{store}.lease").exists()
+    assert read_surface(store).done.sum() >= before
