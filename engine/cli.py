@@ -37,7 +37,7 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
     return run_cfg, resolved
 
 
-def _guarded(fn: Callable[[], Any]) -> Any:
+def guarded(fn: Callable[[], Any]) -> Any:
     """Run fn, then leave the process group; a UserError becomes one line on stderr and exit code 2."""
     from engine.dist import destroy_distributed
 
@@ -64,14 +64,14 @@ def _landscape(cfg: DictConfig) -> None:
         run_cfg, resolved = to_run_config(cfg)
         run_landscape(run_cfg, resolved)
 
-    _guarded(go)
+    guarded(go)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _train(cfg: DictConfig) -> None:
     from engine.run import run_train
 
-    _guarded(lambda: print(f"final weights: {run_train(to_run_config(cfg)[0])}"))
+    guarded(lambda: print(f"final weights: {run_train(to_run_config(cfg)[0])}"))
 
 
 def main() -> None:
@@ -85,6 +85,13 @@ def train_main() -> None:
     """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
     register_configs()
     _train()
+
+
+def compare_main(argv: list[str] | None = None) -> None:
+    """`landscape-compare RUN...`: several runs side by side on one colour scale, and their numbers."""
+    from engine.compare import main as compare
+
+    compare(argv)
 
 
 def plot_main(argv: list[str] | None = None) -> None:
@@ -109,7 +116,7 @@ def plot_main(argv: list[str] | None = None) -> None:
         state = "complete" if summary["complete"] else f"partial, {len(summary['missing_tiles'])} tile(s) missing"
         print(f"{store}: {state}; {len(figures)} figure file(s) in {figures[0].parent if figures else args.out}")
 
-    _guarded(go)
+    guarded(go)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     One GPU per rank with NCCL where CUDA is used, gloo on CPU; without those variables, one plain process.
     Safe to call twice.
     """
+    _export_slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -61,6 +62,21 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistEnv(rank, world, local, dev)
+
+
+def _export_slurm_env() -> None:
+    """Inside a SLURM (or submitit local) job of several tasks, set RANK, WORLD_SIZE, MASTER_ADDR... for env://.
+
+    torchrun sets these itself; a job whose tasks are the ranks (submitit, Hydra's submitit launcher,
+    srun without torchrun) gets them from submitit's reading of the job environment.
+    """
+    if "RANK" in os.environ:
+        return
+    tasks = os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or "1"
+    if ("SLURM_JOB_ID" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ) and int(tasks) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def destroy_distributed() -> None:

@@ -26,7 +26,7 @@ from engine.grid import PREVIEW, make_levels
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
-from engine.store import StoreSpec, open_store, read_surface
+from engine.store import StoreSpec, Surface, open_store, read_surface
 from engine.sweep import Work, sweep_tiles
 from engine.train import train_model
 
@@ -77,6 +77,7 @@ def _rank_log(run_dir: Path, env: DistEnv) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # per-tile lines go to the rank's file, not the console (rank 0 shows a bar)
 
 
 def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> RunResult:
@@ -140,6 +141,19 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     return result
 
 
+def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
+    """The full surface when complete; else the complete coarse preview if there is one; and a title suffix."""
+    surface = read_surface(store_path)
+    if bool(surface.done.all()):
+        return surface, ""
+    done = f"{int(surface.done.sum())}/{surface.done.size} tiles done"
+    if PREVIEW in surface.attrs.get("levels", []):
+        preview = read_surface(store_path, PREVIEW)
+        if bool(preview.done.all()):
+            return preview, f" [partial: coarse preview, {done}]"
+    return surface, f" [partial: {done}]"
+
+
 def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> list[Path]:
     """Draw every figure of a store into out_dir (redraws from the store alone, no recompute).
 
@@ -148,16 +162,9 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     from engine.plot import draw_surfaces
 
     plot = plot or PlotConfig()
-    surface = read_surface(store_path)
+    surface, state = surface_to_draw(store_path)
     conf = surface.attrs["config"]
-    title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized)"
-    if not bool(surface.done.all()):
-        preview = read_surface(store_path, PREVIEW) if PREVIEW in surface.attrs.get("levels", []) else None
-        if preview is not None and bool(preview.done.all()):
-            title += f" [partial: coarse preview, {int(surface.done.sum())}/{surface.done.size} tiles done]"
-            surface = preview
-        else:
-            title += " [partial]"
+    title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
     center = tuple(0.0 for _ in surface.coords)
     return draw_surfaces(surface.coords, surface.metrics, out_dir, title=title, log_scale=plot.log_scale,
                          clip=plot.clip, formats=list(plot.formats), markers={"theta*": center})
