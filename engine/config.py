@@ -135,7 +135,7 @@ class EvalConfig:
 
     split: str = "test"  # test | train
     samples: int | None = None  # deterministic subsample of the split; None: all of it
-    batch_size: int = 512
+    batch_size: int = 128  # 128 keeps activations in a CPU core's cache (fastest here, and ranks scale)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     progress: bool = True  # progress bar with ETA
 
