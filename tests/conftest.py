@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -32,6 +33,18 @@ def run_cli(entry: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[st
     """Run a console entry point of engine.cli (main, train_main, plot_main) in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-c", f"from engine.cli import {entry}; {entry}()", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Both stores complete, and every metric of every level equal bit for bit."""
+    from engine.grid import PREVIEW
+    from engine.store import read_surface
+
+    for level in ("", PREVIEW):
+        sa, sb = read_surface(a, level), read_surface(b, level)
+        assert sa.done.all() and sb.done.all()
+        for metric in ("loss", "accuracy"):
+            np.testing.assert_array_equal(sa.metrics[metric], sb.metrics[metric])
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from engine.grid import PREVIEW
 from engine.store import read_surface
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, assert_same_store, run_cli
 
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -41,14 +39,6 @@ def reference(tmp_path_factory):
     return cwd, cwd / "runs" / "one"
 
 
-def _assert_same_store(a: Path, b: Path) -> None:
-    for level in ("", PREVIEW):
-        sa, sb = read_surface(a, level), read_surface(b, level)
-        assert sa.done.all() and sb.done.all()
-        for metric in ("loss", "accuracy"):
-            np.testing.assert_array_equal(sa.metrics[metric], sb.metrics[metric])
-
-
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_ranks_make_the_same_store_as_one_process(reference, nproc):
     cwd, one = reference
@@ -56,7 +46,7 @@ def test_ranks_make_the_same_store_as_one_process(reference, nproc):
     done = torchrun(nproc, f"model.checkpoint={ckpt}", f"name=n{nproc}", cwd=cwd)
     assert done.returncode == 0, done.stdout + done.stderr
     run = cwd / "runs" / f"n{nproc}"
-    _assert_same_store(one / "landscape.zarr", run / "landscape.zarr")
+    assert_same_store(one / "landscape.zarr", run / "landscape.zarr")
     logs = sorted(p.name for p in (run / "logs").iterdir())
     assert logs == [f"rank{r}.log" for r in range(nproc)]
     claimed = [len(re.findall(r"tile \(", (run / "logs" / f).read_text())) for f in logs]
@@ -90,7 +80,7 @@ def test_killed_rank_stops_the_job_and_rerun_completes_identically(reference):
     assert done.returncode == 0, done.stdout + done.stderr
     reference_256 = run_cli("main", *TINY, *GRID, *args[:1], "name=ref256", "eval.samples=256", cwd=cwd)
     assert reference_256.returncode == 0, reference_256.stderr
-    _assert_same_store(cwd / "runs" / "ref256" / "landscape.zarr", cwd / "runs" / "killed" / "landscape.zarr")
+    assert_same_store(cwd / "runs" / "ref256" / "landscape.zarr", cwd / "runs" / "killed" / "landscape.zarr")
 
 
 def test_second_job_on_a_live_store_is_refused(reference):
