@@ -138,9 +138,21 @@ class EvalConfig:
     batch_size: int = 128  # 128 keeps activations in a CPU core's cache (fastest here, and ranks scale)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     progress: bool = True  # progress bar with ETA
+    points_per_pass: int | None = None  # K grid points per forward pass (vmap); 1: in place; None: timed on rank 0
+    memory_gb: float = 2.0  # budget for K stacked points (weights + activations) and for caching batches
+    cache: str = "auto"  # device: batches kept on the device | stream: pinned host batches copied per pass | auto
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
+    channels_last: bool = False  # channels_last memory format for conv nets
+    compile: bool = False  # torch.compile the model (K = 1 path)
 
     def __post_init__(self) -> None:
         _check_choice("eval.split", self.split, ("test", "train"))
+        _check_choice("eval.cache", self.cache, ("auto", "device", "stream"))
+        _check_choice("eval.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.points_per_pass is not None and self.points_per_pass < 1:
+            raise UserError(f"eval.points_per_pass={self.points_per_pass} must be >= 1 (or null: chosen by timing)")
+        if self.memory_gb <= 0:
+            raise UserError(f"eval.memory_gb={self.memory_gb} must be > 0")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"eval.samples={self.samples} must be >= 1 (or null for the whole split)")
         if self.batch_size < 1:
@@ -196,7 +208,7 @@ def register_configs() -> None:
 
 
 # Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
-RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples")
+RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision")
 
 
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from hydra.utils import get_object
 
 from engine.config import DataConfig
 from engine.errors import UserError
+from engine.evaluate import StreamedBatches
 
 
 @dataclass
@@ -95,3 +96,17 @@ def device_batches(split: Split, batch_size: int, device: torch.device) -> list[
         (split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device))
         for i in range(0, len(split.y), batch_size)
     ]
+
+
+def eval_batches(
+    split: Split, batch_size: int, device: torch.device, cache: str = "auto", memory_gb: float = 2.0,
+    channels_last: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor]] | StreamedBatches:
+    """The eval batches as the config asks: cached on the device (auto: when they take under half the memory
+    budget), or streamed from pinned host memory for eval sets that do not fit."""
+    x = split.x.contiguous(memory_format=torch.channels_last) if channels_last and split.x.dim() == 4 else split.x
+    split = Split(x, split.y)
+    fits = x.numel() * x.element_size() <= memory_gb * 2**30 / 2
+    if cache == "device" or (cache == "auto" and (fits or device.type == "cpu")):
+        return device_batches(split, batch_size, device)
+    return StreamedBatches(device_batches(split, batch_size, torch.device("cpu")), device)

@@ -106,6 +106,14 @@ def on_main(env: DistEnv, fn: Callable[[], T]) -> T | None:
     return result
 
 
+def broadcast_value(env: DistEnv, value: T | None) -> T:
+    """Rank 0's value on every rank."""
+    box: list[Any] = [value]
+    if env.distributed:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def check_same(env: DistEnv, what: str, value: str) -> None:
     """Refuse to go on unless every rank holds the same value (a hash of directions or weights)."""
     if not env.distributed:

@@ -1,25 +1,85 @@
-"""Evaluation of one grid point: mean cross-entropy loss and accuracy over batches cached on the device."""
+"""Evaluation of one grid point: mean cross-entropy loss and accuracy over the eval batches, no host sync per
+batch (sums stay on the device and are read once per point), optional autocast on CUDA."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UserError
+
 METRICS = ("loss", "accuracy")
 
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA; fp32 is a no-op; reduced precision on a CPU is refused (it is off by default)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise UserError(f"eval.precision={precision} is for CUDA devices; use eval.precision=fp32 on {device}")
+    return torch.autocast("cuda", dtype=_DTYPES[precision])
+
+
+def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dict[str, float]:
     """Mean loss and accuracy (a fraction in [0, 1]) of model over all batches; one host sync at the end."""
-    loss_sum = torch.zeros((), dtype=torch.float64, device=batches[0][0].device)
-    correct = torch.zeros((), dtype=torch.int64, device=loss_sum.device)
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
     count = 0
     with torch.inference_mode():
         for x, y in batches:
-            logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
+            with autocast(x.device, precision):
+                logits = model(x)
+            batch_loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
+            batch_correct = (logits.argmax(1) == y).sum()
+            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+            correct = batch_correct if correct is None else correct + batch_correct
             count += len(y)
+    if loss_sum is None or correct is None:
+        raise UserError("the eval split is empty; check eval.samples and data")
     return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+
+
+class StreamedBatches:
+    """Eval batches held in (pinned) host memory and copied to the device on every pass, the next batch's copy
+    overlapping the current batch's compute on a side CUDA stream: for eval sets larger than device memory."""
+
+    def __init__(self, host: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.host = [(x.pin_memory(), y.pin_memory()) if cuda else (x, y) for x, y in host]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.host[i]
+        return x.to(self.device), y.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.device.type != "cuda":
+            yield from self.host
+            return
+        side = torch.cuda.Stream(self.device)
+
+        def load(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.cuda.stream(side):
+                x, y = self.host[i]
+                return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+        nxt = load(0)
+        for i in range(len(self.host)):
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            x, y = nxt
+            x.record_stream(torch.cuda.current_stream(self.device))
+            y.record_stream(torch.cuda.current_stream(self.device))
+            if i + 1 < len(self.host):
+                nxt = load(i + 1)
+            yield x, y

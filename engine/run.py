@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import zarr
 from torch import nn
@@ -20,15 +21,16 @@ from torch import nn
 from engine import directions as dirs
 from engine.assemble import assemble
 from engine.config import PlotConfig, RunConfig
-from engine.data import DataBundle, device_batches, load_data, subsample
-from engine.dist import DistEnv, barrier, check_same, init_distributed, on_main, tensors_hash
+from engine.data import DataBundle, eval_batches, load_data, subsample
+from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
 from engine.grid import PREVIEW, make_levels
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
 from engine.store import StoreSpec, Surface, open_store, read_surface
-from engine.sweep import Work, sweep_tiles
+from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
+from engine.vectorized import PointRunner, choose_k, make_evaluator, points_per_pass
 
 
 @dataclass
@@ -65,6 +67,32 @@ def run_train(cfg: RunConfig) -> Path:
     """The train stage alone: per-epoch checkpoints and final.pt under <run dir>/checkpoints."""
     prepare_model(cfg, load_data(cfg.data), init_distributed(cfg.eval.device))
     return run_dir_of(cfg) / "checkpoints" / "final.pt"
+
+
+def make_runner(
+    cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
+    directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune: bool,
+) -> PointRunner:
+    """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
+
+    eval.points_per_pass fixes K; left null, rank 0 times K = 1, 2, 4, ... up to what eval.memory_gb allows
+    on real points and every rank uses its choice (so all ranks compute alike).
+    """
+    e = cfg.eval
+    eval_model = torch.compile(model) if e.compile else model
+    perturber = Perturber(tensors, directions)
+    theta = [t.detach() for t in tensors]
+    evaluator = None if e.points_per_pass == 1 else make_evaluator(model, names, theta, directions, batches,
+                                                                     e.precision)
+    runner = PointRunner(eval_model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1)
+    if e.points_per_pass is None and evaluator is not None and tune:
+        k_max = points_per_pass(model, theta, batches, e.memory_gb)
+        grid = np.stack(np.meshgrid(*make_levels(cfg.grid)[""].coords, indexing="ij"), -1).reshape(-1, len(directions))
+        with perturber.active():
+            picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max))
+        runner.k = broadcast_value(env, picked)
+        logging.getLogger("engine").info("points per pass: K=%d (memory allows %d)", runner.k, k_max)
+    return runner
 
 
 def _rank_log(run_dir: Path, env: DistEnv) -> None:
@@ -104,7 +132,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     check_same(env, "model weights (fingerprints)", fingerprint)
     check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
-    batches = device_batches(split, cfg.eval.batch_size, env.device)
+    e = cfg.eval
+    if e.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batches = eval_batches(split, e.batch_size, env.device, e.cache, e.memory_gb, e.channels_last)
     store_path = Path(cfg.store.path) if cfg.store.path else run_dir / "landscape.zarr"
     spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint)
     lease = StoreLease(store_path, ttl=cfg.store.lease_ttl)
@@ -125,8 +156,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         root = zarr.open_group(store_path, mode="r+")
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
-        perturber = Perturber(tensors, directions)
-        tiles = sweep_tiles(model, batches, perturber, levels, root, progress=cfg.eval.progress, env=env)
+        runner = make_runner(cfg, model, names, tensors, directions, batches, env, bool(pending_work(levels, root)))
+        tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
         barrier()
     finally:
         if env.is_main:
