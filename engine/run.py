@@ -100,10 +100,12 @@ def _rank_log(run_dir: Path, env: DistEnv) -> None:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("engine")
     path = str((run_dir / "logs" / f"rank{env.rank}.log").resolve())
-    if not any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:  # an earlier run's (multirun)
+        logger.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # per-tile lines go to the rank's file, not the console (rank 0 shows a bar)
 
