@@ -170,6 +170,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         result.figures = draw(store_path, run_dir / "figures", cfg.plot) if cfg.plot.enabled else []
         say(f"done in {time.perf_counter() - start:.1f} s ({len(tiles)} tile(s) on rank 0); center loss "
             f"{result.summary['center']['loss']}, accuracy {result.summary['center']['accuracy']}")
+        if not result.summary["complete"]:
+            say(f"warning: {len(result.summary['missing_tiles'])} tile(s) are not done; run the same command again")
         say(f"store:   {store_path}\nsummary: {run_dir / 'summary.json'}\nfigures: {run_dir / 'figures'}")
     return result
 

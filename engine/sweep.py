@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from engine.dist import DistEnv, TileCounter
+from engine.dist import DistEnv, TileCounter, barrier
 from engine.evaluate import METRICS
 from engine.grid import GridPlan
 from engine.store import pending_tiles, write_tile
@@ -48,6 +48,7 @@ def sweep_tiles(
     levels = {"": levels} if isinstance(levels, GridPlan) else levels
     env = env or DistEnv(0, 1, 0, next(runner.model.parameters()).device)
     work = pending_work(levels, root)
+    barrier()  # every rank has read the done flags before any rank writes one: the work lists must agree
     sizes = [int(np.prod(levels[level].tile_shape(t))) for level, t in work]
     seq = next(_SWEEPS)
     claims, points = TileCounter(env, f"sweep{seq}/claims"), TileCounter(env, f"sweep{seq}/points")
