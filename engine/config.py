@@ -135,14 +135,14 @@ class EvalConfig:
 
     split: str = "test"  # test | train
     samples: int | None = None  # deterministic subsample of the split; None: all of it
-    batch_size: int = 128  # 128 keeps activations in a CPU core's cache (fastest here, and ranks scale)
+    batch_size: int | None = None  # None: rank 0 times 32, 64, ... (small batches stay in a CPU core's cache)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     progress: bool = True  # progress bar with ETA
     points_per_pass: int | None = None  # K grid points per forward pass (vmap); 1: in place; None: timed on rank 0
     memory_gb: float = 2.0  # budget for K stacked points (weights + activations) and for caching batches
     cache: str = "auto"  # device: batches kept on the device | stream: pinned host batches copied per pass | auto
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
-    channels_last: bool = False  # channels_last memory format for conv nets
+    channels_last: bool | None = None  # channels_last memory format; None: on for image (N, C, H, W) inputs
     compile: bool = False  # torch.compile the model (K = 1 path)
 
     def __post_init__(self) -> None:
@@ -155,8 +155,8 @@ class EvalConfig:
             raise UserError(f"eval.memory_gb={self.memory_gb} must be > 0")
         if self.samples is not None and self.samples < 1:
             raise UserError(f"eval.samples={self.samples} must be >= 1 (or null for the whole split)")
-        if self.batch_size < 1:
-            raise UserError(f"eval.batch_size={self.batch_size} must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"eval.batch_size={self.batch_size} must be >= 1 (or null: chosen by timing)")
 
 
 @dataclass

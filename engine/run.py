@@ -21,7 +21,7 @@ from torch import nn
 from engine import directions as dirs
 from engine.assemble import assemble
 from engine.config import PlotConfig, RunConfig
-from engine.data import DataBundle, eval_batches, load_data, subsample
+from engine.data import DataBundle, Split, choose_batch_size, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
 from engine.grid import PREVIEW, make_levels
 from engine.lease import StoreLease
@@ -135,9 +135,14 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
     e = cfg.eval
-    if e.channels_last:
+    channels_last = e.channels_last if e.channels_last is not None else split.x.dim() == 4
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches = eval_batches(split, e.batch_size, env.device, e.cache, e.memory_gb, e.channels_last)
+        split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+    batch_size = e.batch_size or broadcast_value(
+        env, on_main(env, lambda: choose_batch_size(model, subsample(split, 4096), env.device, e.precision)))
+    logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
+    batches = eval_batches(split, batch_size, env.device, e.cache, e.memory_gb)
     store_path = Path(cfg.store.path) if cfg.store.path else run_dir / "landscape.zarr"
     spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint)
     lease = StoreLease(store_path, ttl=cfg.store.lease_ttl)

@@ -33,7 +33,8 @@ class PointsEvaluator:
         self.precision = precision
         self.batches = batches
         self.count = sum(len(y) for _, y in batches)  # type: ignore[arg-type]
-        self.theta = {n: t.detach().clone() for n, t in zip(names, theta)}
+        # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
+        self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
         self.dirs = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
         self._call = torch.vmap(lambda params, x: functional_call(self.model, params, (x,)), in_dims=(0, None))
 
@@ -52,7 +53,7 @@ class PointsEvaluator:
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         for x, y in self.batches:
             with autocast(x.device, self.precision):
-                logits = self._call(params, x)
+                logits = self._call(params, x.contiguous())  # vmap lacks channels_last rules (as_strided_)
             per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
             loss += per.view(k, -1).sum(1).double()
             correct += (logits.argmax(-1) == y).sum(1)

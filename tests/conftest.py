@@ -18,9 +18,10 @@ from engine.config import RunConfig, register_configs
 register_configs()
 
 # Small and fast: a narrow ResNet-8 trained one epoch on digits, 64 eval samples, tiles of 4x4, K=4 points
-# per vmap pass (fixed, so stores made by different rank counts are bitwise comparable).
+# per vmap pass and batches of 32 (fixed, not timed, so stores of different rank counts compare bitwise).
 TINY = ["model.width=4", "train.epochs=1", "eval.samples=64", "eval.progress=false", "plot.enabled=false",
-        "grid.resolution=[6,5]", "grid.tile=[4,4]", "eval.points_per_pass=4"]
+        "grid.resolution=[6,5]", "grid.tile=[4,4]", "eval.points_per_pass=4",
+        "eval.batch_size=32"]
 
 
 def make_cfg(out_dir: Path, *overrides: str) -> tuple[RunConfig, dict[str, Any]]:
