@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import zarr
 
 from engine.config import DataConfig, GridConfig, ModelConfig
 from engine.data import device_batches, load_data, subsample
@@ -27,6 +28,7 @@ from engine.models import build_model, state_fingerprint
 from engine.perturb import Perturber
 from engine.store import StoreSpec, open_store
 from engine.sweep import sweep_tiles
+from engine.vectorized import PointRunner
 
 
 def worker(rank: int, world: int, tmp: str, args: argparse.Namespace, out: dict) -> None:
@@ -48,15 +50,14 @@ def worker(rank: int, world: int, tmp: str, args: argparse.Namespace, out: dict)
                          directions, state_fingerprint(model))
         open_store(store, spec)
     dist.barrier()
-    import zarr
-
     root = zarr.open_group(store, mode="r+")
-    sweep_tiles(model, batches, Perturber(tensors, directions), levels, root, progress=False, env=env)  # warm-up
+    runner = PointRunner(model, Perturber(tensors, directions), batches)  # the in-place K = 1 path
+    sweep_tiles(runner, levels, root, progress=False, env=env)  # warm-up
     dist.barrier()
     root["done"][...] = 0
     dist.barrier()
     start = time.perf_counter()
-    mine = sweep_tiles(model, batches, Perturber(tensors, directions), levels, root, progress=False, env=env)
+    mine = sweep_tiles(runner, levels, root, progress=False, env=env)
     dist.barrier()
     if rank == 0:
         out["seconds"] = time.perf_counter() - start
