@@ -14,7 +14,7 @@ from hydra.utils import get_object
 
 from engine.config import DataConfig
 from engine.errors import UserError
-from engine.evaluate import StreamedBatches
+from engine.evaluate import StreamedBatches, evaluate
 
 
 @dataclass
@@ -106,8 +106,6 @@ def choose_batch_size(
 
     Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best.
     """
-    from engine.evaluate import evaluate
-
     sizes = [b for b in (smallest << i for i in range(12)) if b < len(split.y)] + [len(split.y)]
     best_b, best_t = sizes[0], float("inf")
     for b in sizes:
@@ -128,8 +126,7 @@ def eval_batches(
 ) -> list[tuple[torch.Tensor, torch.Tensor]] | StreamedBatches:
     """The eval batches as the config asks: cached on the device (auto: when they take under half the memory
     budget), or streamed from pinned host memory for eval sets that do not fit."""
-    x = split.x
-    fits = x.numel() * x.element_size() <= memory_gb * 2**30 / 2
+    fits = split.x.numel() * split.x.element_size() <= memory_gb * 2**30 / 2
     if cache == "device" or (cache == "auto" and (fits or device.type == "cpu")):
         return device_batches(split, batch_size, device)
     return StreamedBatches(device_batches(split, batch_size, torch.device("cpu")), device)

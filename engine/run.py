@@ -23,7 +23,7 @@ from engine.assemble import assemble
 from engine.config import PlotConfig, RunConfig
 from engine.data import DataBundle, Split, choose_batch_size, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
-from engine.grid import PREVIEW, make_levels
+from engine.grid import PREVIEW, GridPlan, make_levels
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
@@ -71,12 +71,12 @@ def run_train(cfg: RunConfig) -> Path:
 
 def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
-    directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune: bool,
+    directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune_on: GridPlan | None,
 ) -> PointRunner:
     """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
 
     eval.points_per_pass fixes K; left null, rank 0 times K = 1, 2, 4, ... up to what eval.memory_gb allows
-    on real points and every rank uses its choice (so all ranks compute alike).
+    on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
     eval_model = torch.compile(model) if e.compile else model
@@ -85,9 +85,9 @@ def make_runner(
     evaluator = None if e.points_per_pass == 1 else make_evaluator(model, names, theta, directions, batches,
                                                                      e.precision)
     runner = PointRunner(eval_model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1)
-    if e.points_per_pass is None and evaluator is not None and tune:
+    if e.points_per_pass is None and evaluator is not None and tune_on is not None:
         k_max = points_per_pass(model, theta, batches, e.memory_gb)
-        grid = np.stack(np.meshgrid(*make_levels(cfg.grid)[""].coords, indexing="ij"), -1).reshape(-1, len(directions))
+        grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
         with perturber.active():
             picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max))
         runner.k = broadcast_value(env, picked)
@@ -163,7 +163,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         root = zarr.open_group(store_path, mode="r+")
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
-        runner = make_runner(cfg, model, names, tensors, directions, batches, env, bool(pending_work(levels, root)))
+        tune_on = plan if pending_work(levels, root) else None  # nothing pending: no timing either
+        runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on)
         tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
         barrier()
     finally:
