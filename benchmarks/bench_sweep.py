@@ -10,6 +10,9 @@ and grid points:
 - engine in place: engine.perturb.Perturber.set + engine.evaluate.evaluate over device batches built
   once (what engine.sweep.sweep_tiles does per point, without the store), at the engine's batch size
   and, where it differs, also at the naive loader's batch size (to separate method from batch size);
+- engine K=1 rewritten: the same on engine.rewrite's model (eval BatchNorm folded into the conv before it,
+  ReLU and residual adds in place, the input layer's products with theta* and each direction cached);
+- engine vmap K: K points per forward pass (engine.vectorized);
 - engine sweep_tiles: one full engine.sweep.sweep_tiles run of the whole grid into a fresh Zarr store
   (engine.store.open_store; store creation itself is not timed, tile writes are);
 - FLOP floor: forward FLOPs of one point (FlopCounterMode) / the fp32 torch.mm rate measured in this run.
@@ -41,8 +44,10 @@ from engine.data import Split, device_batches, synthetic_images
 from engine.directions import perturbed_tensors, random_directions
 from engine.evaluate import Batches, evaluate
 from engine.grid import GridPlan, make_plan
+from engine.hostalloc import keep_freed_memory
 from engine.models import MLP, CifarResNet, state_fingerprint
 from engine.perturb import Perturber
+from engine.rewrite import rewrite
 from engine.store import StoreSpec, open_store, read_surface
 from engine.sweep import sweep_tiles
 from engine.vectorized import PointRunner, make_evaluator
@@ -137,6 +142,15 @@ def engine_points(model: nn.Module, batches: Batches, perturber: Perturber,
             perturber.set(coords)
             out.append(evaluate(model, batches))
     return out
+
+
+def rewritten_runner(model: nn.Module, names: list[str], perturber: Perturber, directions: list[list[torch.Tensor]],
+                     batches: list[tuple[torch.Tensor, torch.Tensor]]) -> PointRunner:
+    """The K = 1 path on engine.rewrite's model: BN folded, ReLU/add in place, input-layer products cached."""
+    fast = rewrite(model, names, perturber.theta, directions, batches[0][0][:8])
+    assert fast is not None, "graph rewrites unavailable"
+    fast.register([x for x, _ in batches])
+    return PointRunner(model, perturber, batches, fast=fast)
 
 
 def round_ms(naive: Naive, model: nn.Module, perturber: Perturber, engine_batches: dict[str, Batches],
@@ -235,12 +249,16 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
     assert evaluator is not None, "vmap path unavailable"
     runners = {f"vmap K={k}": PointRunner(model, perturber, batches, "fp32", evaluator, k)
                for k in ks if k <= len(points)}
+    runners["K=1 rewritten"] = rewritten_runner(model, names, perturber, directions, batches)
     if w.channels_last_batch:
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         cl_x = x.contiguous(memory_format=torch.channels_last)
         cl_tensors = [t for _, t in perturbed_tensors(cl_model, "weights")]
-        runners[f"channels_last B={w.channels_last_batch} K=1"] = PointRunner(
-            cl_model, Perturber(cl_tensors, directions), device_batches(Split(cl_x, y), w.channels_last_batch, cpu))
+        cl_batches = device_batches(Split(cl_x, y), w.channels_last_batch, cpu)
+        cl_perturber = Perturber(cl_tensors, directions)
+        runners[f"channels_last B={w.channels_last_batch} K=1"] = PointRunner(cl_model, cl_perturber, cl_batches)
+        runners[f"channels_last B={w.channels_last_batch} K=1 rewritten"] = rewritten_runner(
+            cl_model, names, cl_perturber, directions, cl_batches)
     for key, runner in runners.items():
         for coords, ref in zip(check, want):
             got = {m: float(v[0]) for m, v in runner.run(np.array([coords] * runner.k)).items()}
@@ -319,12 +337,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="grid points timed per repeat, naive and engine (default: mlp 441, resnet20 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--host-malloc", choices=["on", "off"], default="on",
+                        help="engine.hostalloc.keep_freed_memory for the whole process, as a CPU run does (it "
+                             "then also speeds up the naive loop and the matmul rate: the ratios stay fair)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    malloc = args.host_malloc == "on" and keep_freed_memory()
     rate = matmul_rate()
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, "
-          f"fp32 torch.mm 2048x2048 best of 5: {rate / 1e9:.1f} GFLOP/s")
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, glibc freed-memory reuse "
+          f"{'on' if malloc else 'off'}, fp32 torch.mm 2048x2048 best of 5: {rate / 1e9:.1f} GFLOP/s")
     for name in WORKLOADS if args.workload == "all" else [args.workload]:
         run_workload(WORKLOADS[name], args.points, args.repeats, rate)
 

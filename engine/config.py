@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from engine.errors import UserError
 
 RESNET_FAMILIES = ("resnet", "plain")
+REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -144,11 +145,19 @@ class EvalConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
     channels_last: bool | None = None  # channels_last memory format; None: on for image (N, C, H, W) inputs
     compile: bool = False  # torch.compile the model (K = 1 path)
+    # K = 1 path graph rewrites (engine/rewrite.py), same numbers to float32 rounding; [] turns them off:
+    # fold_batchnorm (eval BN into the conv before it, once per point), in_place (ReLU/residual add write into a
+    # fresh operand), input_products (the input layer's products with theta* and each direction, cached per
+    # batch), transposed_head (a final Linear with few outputs computed as a [classes, N] product)
+    rewrites: list[str] = field(default_factory=lambda: list(REWRITES))
+    host_malloc: bool = True  # CPU runs: glibc keeps freed activation memory instead of faulting in new pages
 
     def __post_init__(self) -> None:
         _check_choice("eval.split", self.split, ("test", "train"))
         _check_choice("eval.cache", self.cache, ("auto", "device", "stream"))
         _check_choice("eval.precision", self.precision, ("fp32", "bf16", "fp16"))
+        for name in self.rewrites:
+            _check_choice("eval.rewrites", name, REWRITES)
         if self.points_per_pass is not None and self.points_per_pass < 1:
             raise UserError(f"eval.points_per_pass={self.points_per_pass} must be >= 1 (or null: chosen by timing)")
         if self.memory_gb <= 0:

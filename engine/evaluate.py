@@ -17,6 +17,7 @@ METRICS = ("loss", "accuracy")
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_TRANSPOSED_FROM = 256  # batch size from which summed_cross_entropy reduces over a transposed copy
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -28,6 +29,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast("cuda", dtype=_DTYPES[precision])
 
 
+def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of the cross-entropy of [N, C] logits, in float32.
+
+    For large N it reduces over a [C, N] copy: reductions over a short inner class dimension are slow on
+    CPUs (about 3x at N = 1797, C = 10).
+    """
+    logits = logits.float()
+    if logits.dim() != 2 or len(y) < _TRANSPOSED_FROM:
+        return F.cross_entropy(logits, y, reduction="sum")
+    columns = logits.t().contiguous()  # no copy when the logits are a [C, N] product's view
+    top = columns.amax(0)
+    lse = (columns - top).exp_().sum(0).log_().add_(top)
+    return lse.sum() - logits.gather(1, y.unsqueeze(1)).sum()
+
+
 def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dict[str, float]:
     """Mean loss and accuracy (a fraction in [0, 1]) of model over all batches; one host sync at the end."""
     loss_sum: torch.Tensor | None = None
@@ -37,8 +53,8 @@ def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dic
         for x, y in batches:
             with autocast(x.device, precision):
                 logits = model(x)
-            batch_loss = F.cross_entropy(logits.float(), y, reduction="sum").double()
-            batch_correct = (logits.argmax(1) == y).sum()
+            batch_loss = summed_cross_entropy(logits, y).double()
+            batch_correct = (logits.max(1).indices == y).sum()  # the first maximum, as argmax; faster on CPUs
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
             correct = batch_correct if correct is None else correct + batch_correct
             count += len(y)

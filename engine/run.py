@@ -24,9 +24,11 @@ from engine.config import PlotConfig, RunConfig
 from engine.data import DataBundle, Split, choose_batch_size, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
 from engine.grid import PREVIEW, GridPlan, make_levels
+from engine.hostalloc import keep_freed_memory
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
+from engine.rewrite import FastModel, rewrite
 from engine.store import StoreSpec, Surface, open_store, read_surface
 from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
@@ -79,12 +81,20 @@ def make_runner(
     on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
-    eval_model = torch.compile(model) if e.compile else model
     perturber = Perturber(tensors, directions)
     theta = [t.detach() for t in tensors]
+    on = set(e.rewrites)
+    fast: nn.Module | None = rewrite(
+        model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
+        input_products="input_products" in on and isinstance(batches, list), in_place="in_place" in on,
+        transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
+    if isinstance(fast, FastModel):
+        fast.register([x for x, _ in batches])
+    if e.compile:
+        fast = torch.compile(fast if fast is not None else model)
     evaluator = None if e.points_per_pass == 1 else make_evaluator(model, names, theta, directions, batches,
                                                                      e.precision)
-    runner = PointRunner(eval_model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1)
+    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
         k_max = points_per_pass(model, theta, batches, e.memory_gb)
         grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
@@ -135,6 +145,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
     e = cfg.eval
+    if e.host_malloc and env.device.type == "cpu":
+        keep_freed_memory()
     channels_last = e.channels_last if e.channels_last is not None else split.x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -111,19 +111,25 @@ class PointRunner:
     """Evaluates a list of grid points by the chosen path: K stacked points per vmap pass, or one by one in place."""
 
     def __init__(self, model: nn.Module, perturber: Perturber, batches: Batches, precision: str = "fp32",
-                 evaluator: PointsEvaluator | None = None, k: int = 1) -> None:
+                 evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
         self.evaluator = evaluator
         self.k = k if evaluator is not None else 1
+        self.fast = fast  # the K = 1 path's model: engine.rewrite.FastModel (or a compiled model), else model
 
     def run(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         """{metric: [n]} at each of the n points of coords ([n, ndim])."""
         n = len(coords)
         out = {"loss": np.empty(n), "accuracy": np.empty(n)}
         if self.k == 1 or self.evaluator is None:
+            point_model = self.fast if self.fast is not None else self.model
+            set_point = getattr(point_model, "set_point", None)
             for i, c in enumerate(coords):
-                self.perturber.set(tuple(float(v) for v in c))
-                for metric, value in evaluate(self.model, self.batches, self.precision).items():
+                point = tuple(float(v) for v in c)
+                self.perturber.set(point)
+                if set_point is not None:
+                    set_point(point)
+                for metric, value in evaluate(point_model, self.batches, self.precision).items():
                     out[metric][i] = value
             return out
         for chunk in np.array_split(np.arange(n), -(-n // self.k)):

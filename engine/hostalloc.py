@@ -1,0 +1,36 @@
+"""Host allocator settings for CPU sweeps.
+
+glibc serves large allocations (a batch's activations) with mmap and returns them to the kernel on free.
+The next point then faults in fresh zeroed pages for the same buffers. On ResNet-20 with 256 images that
+took about a third of a point's time here. Raising the mmap and trim thresholds keeps freed buffers in the
+heap for reuse: the same effect as running under jemalloc or tcmalloc, which PyTorch's CPU tuning guide
+recommends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit (4 * 1 MiB * sizeof(long))
+TRIM_THRESHOLD = 2**30
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds so freed activations are reused; False where not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    log.info("glibc malloc: mmap threshold %d MiB, trim threshold %d MiB (%s)", MMAP_THRESHOLD >> 20,
+             TRIM_THRESHOLD >> 20, "set" if ok else "refused")
+    return ok
