@@ -144,7 +144,7 @@ class EvalConfig:
     cache: str = "auto"  # device: batches kept on the device | stream: pinned host batches copied per pass | auto
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
     channels_last: bool | None = None  # channels_last memory format; None: on for image (N, C, H, W) inputs
-    compile: bool = False  # torch.compile the model (K = 1 path)
+    compile: bool = False  # torch.compile the model (K = 1 path; instead of eval.rewrites)
     # K = 1 path graph rewrites (engine/rewrite.py), same numbers to float32 rounding; [] turns them off:
     # fold_batchnorm (eval BN into the conv before it, once per point), in_place (ReLU/residual add write into a
     # fresh operand), input_products (the input layer's products with theta* and each direction, cached per

@@ -28,7 +28,7 @@ from engine.hostalloc import keep_freed_memory
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
-from engine.rewrite import FastModel, rewrite
+from engine.rewrite import rewrite
 from engine.store import StoreSpec, Surface, open_store, read_surface
 from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
@@ -84,14 +84,16 @@ def make_runner(
     perturber = Perturber(tensors, directions)
     theta = [t.detach() for t in tensors]
     on = set(e.rewrites)
-    fast: nn.Module | None = rewrite(
-        model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
-        input_products="input_products" in on and isinstance(batches, list), in_place="in_place" in on,
-        transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
-    if isinstance(fast, FastModel):
-        fast.register([x for x, _ in batches])
-    if e.compile:
-        fast = torch.compile(fast if fast is not None else model)
+    fast: nn.Module | None = None
+    if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
+        fast = torch.compile(model)
+    elif on:
+        fast = rewrite(
+            model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
+            input_products="input_products" in on and isinstance(batches, list), in_place="in_place" in on,
+            transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
+        if fast is not None:
+            fast.register([x for x, _ in batches])
     evaluator = None if e.points_per_pass == 1 else make_evaluator(model, names, theta, directions, batches,
                                                                      e.precision)
     runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
