@@ -2,7 +2,8 @@
 
 Numbers: loss and accuracy at the center (the point nearest the origin, theta*), the minimum and where it
 is, the basin width along each axis through the center at loss <= center + rise, and convexity
-figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane).
+figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane); with
+a Hessian curvature map or spectrum in the store, their numbers too.
 """
 
 from __future__ import annotations
@@ -40,7 +41,26 @@ def summarize(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]:
         **{axis: basin_width(loss, coords, center, k, basin_rise) for k, axis in enumerate(("x", "y")[: loss.ndim])},
     }
     out["convexity"] = convexity(loss, coords)
+    if "hessian/ratio" in surface.metrics:
+        out["curvature"] = curvature_summary(surface, center)
     return out
+
+
+def curvature_summary(surface: Surface, center: tuple[int, ...]) -> dict[str, Any]:
+    """The Hessian curvature map's numbers: values at the center, and how much of the grid is non-convex.
+
+    A point counts as non-convex where |lambda_min / lambda_max| > 0.1. Li et al. 2018 read their convexity
+    maps on the same scale.
+    """
+    top, bottom, ratio = (surface.metrics[f"hessian/{k}"] for k in ("lambda_max", "lambda_min", "ratio"))
+    known = np.isfinite(ratio)
+    return {
+        "center": {"lambda_max": _num(top[center]), "lambda_min": _num(bottom[center]), "ratio": _num(ratio[center])},
+        "points": int(known.sum()),
+        "median_ratio": _num(np.median(ratio[known])) if known.any() else None,
+        "nonconvex_fraction": _num((ratio[known] > 0.1).mean()) if known.any() else None,
+        "max_lambda_max": _num(np.nanmax(np.where(np.isfinite(top), top, np.nan))) if np.isfinite(top).any() else None,
+    }
 
 
 def basin_width(
@@ -111,8 +131,13 @@ def local_minima(loss: np.ndarray) -> int:
 
 def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | None = None) -> dict[str, Any]:
     """Read a store, summarize it and write summary.json beside it (or at `out`)."""
+    from engine.spectra import read_spectrum
+
     surface = read_surface(store_path)
     summary = {"store": str(store_path), **summarize(surface, basin_rise)}
+    spectrum = read_spectrum(store_path)
+    if spectrum is not None:
+        summary["spectrum"] = spectrum.numbers()
     out = Path(out) if out else Path(store_path).parent / "summary.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,5 +1,6 @@
 """Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
-and `landscape-plot STORE` (redraw from a store). Bad input ends in one line on stderr and exit code 2.
+`landscape-plot STORE` (redraw from a store) and `landscape-spectrum` (Hessian spectra at theta*, no sweep).
+Bad input ends in one line on stderr and exit code 2.
 
 Run: landscape [hydra overrides, e.g. model=resnet20 data=synthetic grid.resolution=[31,31]]
 """
@@ -74,6 +75,17 @@ def _train(cfg: DictConfig) -> None:
     guarded(lambda: print(f"final weights: {run_train(to_run_config(cfg)[0])}"))
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _spectrum(cfg: DictConfig) -> None:
+    from engine.run_spectrum import run_spectrum
+
+    def go() -> None:
+        run_cfg, resolved = to_run_config(cfg)
+        run_spectrum(run_cfg, resolved)
+
+    guarded(go)
+
+
 def main() -> None:
     """`landscape`: the whole flow for one Hydra config (or several with -m)."""
     register_configs()
@@ -85,6 +97,13 @@ def train_main() -> None:
     """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
     register_configs()
     _train()
+
+
+def spectrum_main() -> None:
+    """`landscape-spectrum`: the Hessian spectra at theta* (top-k eigenpairs, traces, SLQ density), no sweep."""
+    register_configs()
+    _exit_on_sigterm()
+    _spectrum()
 
 
 def compare_main(argv: list[str] | None = None) -> None:

@@ -88,7 +88,7 @@ class TrainConfig:
 class DirectionConfig:
     """The plane's axes: seeded random (Li et al. 2018) or loaded from a file or another store."""
 
-    kind: str = "random"  # random | file
+    kind: str = "random"  # random | file | hessian (top two Hessian eigenvectors at theta*, see hessian.*)
     norm: str = "filter"  # filter | layer | none
     ignore: str = "biasbn"  # biasbn: zero the direction on rank-1 tensors | none: normalize them whole
     over: str = "weights"  # weights: parameters | states: parameters and BatchNorm running statistics
@@ -96,7 +96,7 @@ class DirectionConfig:
     path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
 
     def __post_init__(self) -> None:
-        _check_choice("direction.kind", self.kind, ("random", "file"))
+        _check_choice("direction.kind", self.kind, ("random", "file", "hessian"))
         _check_choice("direction.norm", self.norm, ("filter", "layer", "none"))
         _check_choice("direction.ignore", self.ignore, ("biasbn", "none"))
         _check_choice("direction.over", self.over, ("weights", "states"))
@@ -169,6 +169,38 @@ class EvalConfig:
 
 
 @dataclass
+class HessianConfig:
+    """Curvature of the eval loss (engine/hessian.py): spectra at theta* and curvature maps over the grid."""
+
+    spectrum: bool = False  # top-k eigenpairs, lambda_min, traces, SLQ density at theta* (store's hessian/ group)
+    curvature: bool = False  # lambda_max, lambda_min, |lambda_min/lambda_max| at every grid point (hessian/ arrays)
+    samples: int | None = 512  # eval samples the Hessian is taken over (seeded subsample of eval.split; None: all)
+    batch_size: int = 128  # batch size of Hessian-vector products (summed exactly over batches)
+    top_k: int = 5  # eigenpairs of the spectrum (and direction.kind=hessian uses the top 2)
+    steps: int = 60  # Lanczos steps of the spectrum's eigenpairs (capped at the parameter count)
+    curvature_steps: int = 20  # Lanczos steps at each grid point of the curvature map
+    trace_samples: int = 100  # Rademacher probes of Hutchinson's trace
+    hutchpp_matvecs: int = 99  # Hessian-vector products of the Hutch++ trace
+    slq_runs: int = 5  # seeded runs of stochastic Lanczos quadrature
+    slq_steps: int = 60  # Lanczos steps per SLQ run
+    sigma: float = 0.01  # Gaussian broadening of the density, as a fraction of the spectrum's width
+    seed: int = 0  # seed of every random start and probe vector
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "top_k", "steps", "curvature_steps", "slq_runs", "slq_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"hessian.{key}={getattr(self, key)} must be >= 1")
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"hessian.samples={self.samples} must be >= 1 (or null for the whole split)")
+        if self.steps < self.top_k:
+            raise UserError(f"hessian.steps={self.steps} must be >= hessian.top_k={self.top_k}")
+        if self.trace_samples < 2 or self.hutchpp_matvecs < 3:
+            raise UserError("hessian.trace_samples must be >= 2 and hessian.hutchpp_matvecs >= 3")
+        if self.sigma <= 0:
+            raise UserError(f"hessian.sigma={self.sigma} must be > 0 (a fraction of the spectrum's width)")
+
+
+@dataclass
 class StoreConfig:
     """Where the Zarr store goes and whether an existing one written by another config may be replaced."""
 
@@ -209,6 +241,7 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
 
 
 def register_configs() -> None:
@@ -217,7 +250,8 @@ def register_configs() -> None:
 
 
 # Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
-RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision")
+RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision",
+               "hessian.curvature", "hessian.curvature_steps", "hessian.samples", "hessian.seed")
 
 
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +260,8 @@ def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
     keep = {k: v for k, v in flat.items() if any(k == r or k.startswith(r + ".") for r in RESULT_KEYS)}
     if cfg.get("model", {}).get("checkpoint"):
         keep = {k: v for k, v in keep.items() if not k.startswith("train.")}
+    if cfg.get("direction", {}).get("kind") == "hessian":  # the axes themselves come from these settings
+        keep.update({k: v for k, v in flat.items() if k in ("hessian.steps", "hessian.batch_size")})
     return keep
 
 

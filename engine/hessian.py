@@ -197,7 +197,15 @@ def _default_steps(n: int, k: int) -> int:
 def top_eigenpairs(
     op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest eigenvalues (descending, float64 [k]) and unit eigenvectors ([k, n], op's dtype) by Lanczos.
+    """The k largest eigenvalues (descending, float64 [k]) and unit eigenvectors ([k, n], op's dtype) by Lanczos."""
+    values, vectors, _ = top_eigenpairs_and_min(op, k, steps, seed, tol)
+    return values, vectors
+
+
+def top_eigenpairs_and_min(
+    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """top_eigenpairs plus the smallest (most negative) Ritz value of the same Lanczos run: lambda_min for free.
 
     With `tol`, a UserError is raised when a pair's residual bound |beta_m s_mi| exceeds tol * max(1, |theta_i|),
     i.e. when `steps` was too few for the pairs to converge.
@@ -228,7 +236,7 @@ def top_eigenpairs(
             raise UserError(f"top_eigenpairs did not converge to tol={tol} (residual {worst:.3g}); raise steps={m}")
     vectors = coeffs.T.to(op.device, op.dtype) @ basis
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
-    return values, vectors
+    return values, vectors, theta[0].item()
 
 
 def extreme_eigenvalues(op: LinearOperator, steps: int | None = None, seed: int = 0) -> tuple[float, float]:
@@ -292,17 +300,23 @@ def slq_density(
     (default 5 sigma) beyond the extreme nodes, normalized to integrate to 1 (trapezoid). m = min(steps, n);
     a run that stops early on an invariant subspace is padded with zero weights at its last node.
     """
-    if runs < 1:
-        raise UserError(f"slq_density needs runs >= 1, got {runs}")
-    if steps < 1:
-        raise UserError(f"slq_density needs steps >= 1, got {steps}")
     if sigma <= 0:
         raise UserError(f"slq_density needs sigma > 0, got {sigma}")
     if grid_points < 2:
         raise UserError(f"slq_density needs grid_points >= 2, got {grid_points}")
-    pad = 5 * sigma if pad is None else pad
-    if pad < 0:
+    if pad is not None and pad < 0:
         raise UserError(f"slq_density needs pad >= 0, got {pad}")
+    nodes, weights = slq_nodes(op, runs, steps, seed)
+    grid, density = broadened_density(nodes, weights, sigma, grid_points, pad)
+    return grid, density, nodes, weights
+
+
+def slq_nodes(op: LinearOperator, runs: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The quadrature of slq_density alone: (nodes [runs, m], weights [runs, m]), m = min(steps, n)."""
+    if runs < 1:
+        raise UserError(f"slq_density needs runs >= 1, got {runs}")
+    if steps < 1:
+        raise UserError(f"slq_density needs steps >= 1, got {steps}")
     m = min(steps, op.size)
     nodes = np.zeros((runs, m))
     weights = np.zeros((runs, m))
@@ -315,6 +329,14 @@ def slq_density(
         nodes[r, :found] = theta.numpy()
         nodes[r, found:] = theta[-1].item()
         weights[r, :found] = (s[0] ** 2).numpy()
+    return nodes, weights
+
+
+def broadened_density(nodes: np.ndarray, weights: np.ndarray, sigma: float, grid_points: int = 1000,
+                      pad: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density): the run-average of Gaussians of width sigma at the nodes, weighted, integrating to 1."""
+    pad = 5 * sigma if pad is None else pad
+    runs = len(nodes)
     grid = np.linspace(nodes.min() - pad, nodes.max() + pad, grid_points)
     density = np.zeros(grid_points)
     norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
@@ -323,4 +345,4 @@ def slq_density(
         density += kernel @ weights[r]
     density /= runs
     density /= 0.5 * np.sum((density[1:] + density[:-1]) * np.diff(grid))  # trapezoid; np.trapz is gone in 2.x
-    return grid, density, nodes, weights
+    return grid, density

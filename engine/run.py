@@ -20,15 +20,27 @@ from torch import nn
 
 from engine import directions as dirs
 from engine.assemble import assemble
-from engine.config import PlotConfig, RunConfig
+from engine.config import HessianConfig, PlotConfig, RunConfig
 from engine.data import DataBundle, Split, choose_batch_size, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
+from engine.evaluate import METRICS
 from engine.grid import PREVIEW, GridPlan, make_levels
 from engine.hostalloc import keep_freed_memory
 from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
 from engine.rewrite import rewrite
+from engine.spectra import (
+    CURVATURE_METRICS,
+    CurvatureProbe,
+    compute_spectrum,
+    hessian_batches,
+    hessian_directions,
+    hessian_params,
+    read_spectrum,
+    stored_spectrum_config,
+    write_spectrum,
+)
 from engine.store import StoreSpec, Surface, open_store, read_surface
 from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
@@ -107,7 +119,7 @@ def make_runner(
     return runner
 
 
-def _rank_log(run_dir: Path, env: DistEnv) -> None:
+def rank_log(run_dir: Path, env: DistEnv) -> None:
     """Send this rank's engine log records to <run dir>/logs/rank<N>.log."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("engine")
@@ -132,33 +144,35 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     plan = levels[""]
     data = load_data(cfg.data)
     model = prepare_model(cfg, data, env, log=log and env.is_main)
-    _rank_log(run_dir, env)
+    rank_log(run_dir, env)
     named = dirs.perturbed_tensors(model, cfg.direction.over)
     names, tensors = [n for n, _ in named], [t for _, t in named]
     theta = [t.detach() for t in tensors]
-    d = cfg.direction
-    if d.kind == "random":
-        directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
-    else:
-        raw = dirs.load_directions(d.path, names, theta, plan.ndim)
-        directions = [dirs.normalize(r, theta, d.norm, d.ignore) for r in raw]
-    fingerprint = state_fingerprint(model)
-    check_same(env, "model weights (fingerprints)", fingerprint)
-    check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
-    e = cfg.eval
+    e, h, d = cfg.eval, cfg.hessian, cfg.direction
     if e.host_malloc and env.device.type == "cpu":
         keep_freed_memory()
     channels_last = e.channels_last if e.channels_last is not None else split.x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+    hvp_batches = hessian_batches(split, h, cfg.data.seed, env.device)
+    if d.kind == "random":
+        directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
+    else:
+        raw = (hessian_directions(model, tensors, hvp_batches, h, env, plan.ndim) if d.kind == "hessian"
+               else dirs.load_directions(d.path, names, theta, plan.ndim))
+        directions = [dirs.normalize(r, theta, d.norm, d.ignore) for r in raw]
+    fingerprint = state_fingerprint(model)
+    check_same(env, "model weights (fingerprints)", fingerprint)
+    check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
     batch_size = e.batch_size or broadcast_value(
         env, on_main(env, lambda: choose_batch_size(model, subsample(split, 4096), env.device, e.precision)))
     logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
     batches = eval_batches(split, batch_size, env.device, e.cache, e.memory_gb)
     store_path = Path(cfg.store.path) if cfg.store.path else run_dir / "landscape.zarr"
-    spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint)
+    metrics = METRICS + (CURVATURE_METRICS if h.curvature else ())
+    spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint, metrics)
     lease = StoreLease(store_path, ttl=cfg.store.lease_ttl)
 
     def create() -> None:
@@ -179,8 +193,12 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
         tune_on = plan if pending_work(levels, root) else None  # nothing pending: no timing either
         runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on)
+        if h.curvature:
+            runner.curvature = CurvatureProbe(model, hessian_params(tensors), hvp_batches, h.curvature_steps, h.seed)
         tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
         barrier()
+        if h.spectrum:
+            spectrum_stage(model, tensors, hvp_batches, h, resolved["hessian"], env, store_path, say)
     finally:
         if env.is_main:
             lease.release()
@@ -194,6 +212,19 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
             say(f"warning: {len(result.summary['missing_tiles'])} tile(s) are not done; run the same command again")
         say(f"store:   {store_path}\nsummary: {run_dir / 'summary.json'}\nfigures: {run_dir / 'figures'}")
     return result
+
+
+def spectrum_stage(model: nn.Module, tensors: list[torch.Tensor], batches: Any, cfg: HessianConfig,
+                   settings: dict[str, Any], env: DistEnv, store_path: Path, say: Any) -> None:
+    """Spectra at theta* into the store's hessian/ group (all ranks compute, rank 0 writes); skipped when the
+    store already holds a spectrum computed with the same hessian settings."""
+    if stored_spectrum_config(store_path) == settings:
+        say("spectrum: already in the store with these hessian settings")
+        return
+    say(f"spectrum at theta*: top {cfg.top_k} eigenpairs, traces, SLQ density ({env.world_size} rank(s))")
+    spectrum = compute_spectrum(model, hessian_params(tensors), batches, cfg, env)
+    on_main(env, lambda: write_spectrum(zarr.open_group(store_path, mode="r+"), spectrum, settings))
+    barrier()
 
 
 def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
@@ -215,11 +246,24 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     While the full grid is incomplete, the complete coarse preview is drawn instead, marked as partial.
     """
     from engine.plot import draw_surfaces
+    from engine.plot_hessian import draw_curvature_maps, draw_density, draw_eigenvalues
 
     plot = plot or PlotConfig()
     surface, state = surface_to_draw(store_path)
     conf = surface.attrs["config"]
     title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
     center = tuple(0.0 for _ in surface.coords)
-    return draw_surfaces(surface.coords, surface.metrics, out_dir, title=title, log_scale=plot.log_scale,
-                         clip=plot.clip, formats=list(plot.formats), markers={"theta*": center})
+    m = surface.metrics
+    formats = list(plot.formats)
+    paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if k in METRICS}, out_dir, title=title,
+                          log_scale=plot.log_scale, clip=plot.clip, formats=formats, markers={"theta*": center})
+    if all(k in m for k in CURVATURE_METRICS):
+        paths += draw_curvature_maps(tuple(surface.coords), m["loss"], *(m[k] for k in CURVATURE_METRICS), out_dir,
+                                     formats=formats, title=title, markers={"theta*": center})
+    spectrum = read_spectrum(store_path)
+    if spectrum is not None:
+        name = f"{conf['model']['name']} on {conf['data']['name']}, Hessian at theta*"
+        paths += draw_density(spectrum.grid, spectrum.density, out_dir, formats=formats, title=name)
+        paths += draw_eigenvalues(spectrum.eigenvalues, out_dir, formats=formats, title=name,
+                                  lambda_min=spectrum.lambda_min)
+    return paths

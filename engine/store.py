@@ -2,7 +2,9 @@
 
 Layout (DESIGN.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
 flag (and one chunk) per tile, written after the tile's data; `x`, `y` coordinates; `directions/d<k>`
-flat vectors with the tensor names and shapes in their attributes; `preview/` holds the same arrays for
+flat vectors with the tensor names and shapes in their attributes; `hessian/lambda_max`, `lambda_min`,
+`ratio` (curvature maps, when asked for) are chunked by tile like the metrics, and `hessian/` also holds
+the spectra at theta* (engine/spectra.py); `preview/` holds the same arrays for
 the coarse preview lattice swept first (grid.preview). Root attributes hold the resolved
 config, its hash, the engine version and the fingerprint of theta*. Every array records dimension
 names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
@@ -39,6 +41,7 @@ class StoreSpec:
     shapes: list[tuple[int, ...]]
     directions: list[list[torch.Tensor]]
     fingerprint: str
+    metrics: tuple[str, ...] = METRICS  # arrays of the grid's shape; "hessian/..." ones for curvature maps
 
 
 def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> zarr.Group:
@@ -81,8 +84,8 @@ def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
         )
 
 
-def _create_level(group: zarr.Group, plan: GridPlan) -> None:
-    for metric in METRICS:
+def _create_level(group: zarr.Group, plan: GridPlan, metrics: tuple[str, ...]) -> None:
+    for metric in metrics:
         group.create_array(
             metric, shape=plan.shape, chunks=plan.tile, dtype="float32", fill_value=np.nan, dimension_names=plan.dims
         )
@@ -98,7 +101,7 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
     root = zarr.open_group(path, mode="w", zarr_format=3)
     root.attrs.update({"format": FORMAT, "creating": True})
     for level, level_plan in spec.levels.items():
-        _create_level(root.create_group(level) if level else root, level_plan)
+        _create_level(root.create_group(level) if level else root, level_plan, spec.metrics)
     for k, direction in enumerate(spec.directions):
         flat = flatten(direction).numpy()
         arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
@@ -114,7 +117,7 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
         "dims": list(plan.dims),
         "tile": list(plan.tile),
         "levels": [level for level in spec.levels if level],
-        "metrics": list(METRICS),
+        "metrics": list(spec.metrics),
     })
     return root
 
@@ -134,8 +137,8 @@ def write_tile(
 ) -> None:
     """Write one tile's metric chunks, then (only then) its done flag."""
     group, sl = _level(root, level), plan.tile_slices(tile)
-    for metric in METRICS:
-        group[metric][sl] = values[metric]
+    for metric, array in values.items():
+        group[metric][sl] = array
     group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
 
 

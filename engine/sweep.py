@@ -17,7 +17,6 @@ import zarr
 from tqdm import tqdm
 
 from engine.dist import DistEnv, TileCounter, barrier
-from engine.evaluate import METRICS
 from engine.grid import GridPlan
 from engine.store import pending_tiles, write_tile
 from engine.vectorized import PointRunner
@@ -72,7 +71,7 @@ def sweep_tiles(
 def compute_tile(runner: PointRunner, plan: GridPlan, tile: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Every metric at every point of one tile, as arrays of the tile's shape."""
     results = runner.run(np.array([c for _, c in plan.tile_points(tile)]))
-    return {m: results[m].astype(np.float32).reshape(plan.tile_shape(tile)) for m in METRICS}
+    return {m: v.astype(np.float32).reshape(plan.tile_shape(tile)) for m, v in results.items()}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -111,14 +112,25 @@ class PointRunner:
     """Evaluates a list of grid points by the chosen path: K stacked points per vmap pass, or one by one in place."""
 
     def __init__(self, model: nn.Module, perturber: Perturber, batches: Batches, precision: str = "fp32",
-                 evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None) -> None:
+                 evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
+                 curvature: Callable[[], dict[str, float]] | None = None) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
         self.evaluator = evaluator
         self.k = k if evaluator is not None else 1
         self.fast = fast  # the K = 1 path's model: engine.rewrite.FastModel (or a compiled model), else model
+        self.curvature = curvature  # extra metrics at the live weights (engine.spectra.CurvatureProbe)
 
     def run(self, coords: np.ndarray) -> dict[str, np.ndarray]:
-        """{metric: [n]} at each of the n points of coords ([n, ndim])."""
+        """{metric: [n]} at each of the n points of coords ([n, ndim]), curvature metrics included if asked."""
+        out = self._metrics(coords)
+        if self.curvature is not None:
+            for i, c in enumerate(coords):
+                self.perturber.set(tuple(float(v) for v in c))
+                for metric, value in self.curvature().items():
+                    out.setdefault(metric, np.empty(len(coords)))[i] = value
+        return out
+
+    def _metrics(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         n = len(coords)
         out = {"loss": np.empty(n), "accuracy": np.empty(n)}
         if self.k == 1 or self.evaluator is None:
