@@ -176,9 +176,13 @@ class HessianConfig:
     curvature: bool = False  # lambda_max, lambda_min, |lambda_min/lambda_max| at every grid point (hessian/ arrays)
     samples: int | None = 512  # eval samples the Hessian is taken over (seeded subsample of eval.split; None: all)
     batch_size: int = 128  # batch size of Hessian-vector products (summed exactly over batches)
+    keep_graph: bool = True  # keep each batch's gradient graph between products at one point (faster; memory:
+    # one backward graph per Hessian batch); false: a forward and a double backward per product
     top_k: int = 5  # eigenpairs of the spectrum (and direction.kind=hessian uses the top 2)
-    steps: int = 60  # Lanczos steps of the spectrum's eigenpairs (capped at the parameter count)
-    curvature_steps: int = 20  # Lanczos steps at each grid point of the curvature map
+    steps: int = 60  # Lanczos steps of the spectrum's eigenpairs, at most (capped at the parameter count)
+    curvature_steps: int = 20  # Lanczos steps at each grid point of the curvature map (at most)
+    rtol: float | None = 1e-5  # Lanczos stops once the tracked eigenvalues' residual bounds are below rtol x
+    # |lambda_max| (steps and curvature_steps are then caps); null: always run all steps
     trace_samples: int = 100  # Rademacher probes of Hutchinson's trace
     hutchpp_matvecs: int = 99  # Hessian-vector products of the Hutch++ trace
     slq_runs: int = 5  # seeded runs of stochastic Lanczos quadrature
@@ -196,6 +200,8 @@ class HessianConfig:
             raise UserError(f"hessian.steps={self.steps} must be >= hessian.top_k={self.top_k}")
         if self.trace_samples < 2 or self.hutchpp_matvecs < 3:
             raise UserError("hessian.trace_samples must be >= 2 and hessian.hutchpp_matvecs >= 3")
+        if self.rtol is not None and self.rtol <= 0:
+            raise UserError(f"hessian.rtol={self.rtol} must be > 0 (or null: always run all Lanczos steps)")
         if self.sigma <= 0:
             raise UserError(f"hessian.sigma={self.sigma} must be > 0 (a fraction of the spectrum's width)")
 
@@ -251,7 +257,7 @@ def register_configs() -> None:
 
 # Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
 RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision",
-               "hessian.curvature", "hessian.curvature_steps", "hessian.samples", "hessian.seed")
+               "hessian.curvature", "hessian.curvature_steps", "hessian.samples", "hessian.seed", "hessian.rtol")
 
 
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +267,7 @@ def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("model", {}).get("checkpoint"):
         keep = {k: v for k, v in keep.items() if not k.startswith("train.")}
     if cfg.get("direction", {}).get("kind") == "hessian":  # the axes themselves come from these settings
-        keep.update({k: v for k, v in flat.items() if k in ("hessian.steps", "hessian.batch_size")})
+        keep.update({k: v for k, v in flat.items() if k in ("hessian.steps", "hessian.batch_size", "hessian.rtol")})
     return keep
 
 

@@ -4,7 +4,7 @@ and Hutch++ traces, and the stochastic Lanczos quadrature (SLQ) spectral density
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -50,6 +50,7 @@ class HessianOperator:
         batches: Batches,
         loss_fn: LossFn = _summed_cross_entropy,
         all_reduce: AllReduce | None = None,
+        keep_graph: bool = False,
     ) -> None:
         params = list(params)
         if not params:
@@ -68,6 +69,9 @@ class HessianOperator:
         self.dtype = params[0].dtype
         self.device = params[0].device
         self.calls = 0
+        self.keep_graph = keep_graph  # keep each batch's gradient graph between products (rebuilt on a change)
+        self._graphs: list[tuple[tuple[torch.Tensor, ...], int]] = []
+        self._key: tuple | None = None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H @ v for a flat v of `size` entries, in eval mode (BatchNorm uses its running statistics)."""
@@ -77,20 +81,13 @@ class HessianOperator:
         pieces = [u.view_as(p) for u, p in zip(v.split(self.numels), self.params)]
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         count = 0
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                for x, y in self.batches:
-                    loss = self.loss_fn(self.model(x), y)
-                    grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
-                    dot = sum((g * u).sum() for g, u in zip(grads, pieces))
-                    if isinstance(dot, torch.Tensor) and dot.requires_grad:
-                        hv = torch.autograd.grad(dot, self.params, materialize_grads=True)
-                        total += torch.cat([h.reshape(-1) for h in hv])
-                    count += len(y)
-        finally:
-            self.model.train(was_training)
+        with torch.enable_grad():
+            for grads, n in self._gradients():
+                dot = sum((g * u).sum() for g, u in zip(grads, pieces))
+                if isinstance(dot, torch.Tensor) and dot.requires_grad:
+                    hv = torch.autograd.grad(dot, self.params, retain_graph=self.keep_graph, materialize_grads=True)
+                    total += torch.cat([h.reshape(-1) for h in hv])
+                count += n
         samples = torch.tensor(float(count), dtype=torch.float64, device=self.device)
         if self.all_reduce is not None:
             self.all_reduce(total)
@@ -99,6 +96,33 @@ class HessianOperator:
             raise UserError("the eval split is empty; check eval.samples and data")
         self.calls += 1
         return total / samples.to(self.dtype)
+
+
+    def _gradients(self) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
+        """Each batch's loss gradient with its graph, and the batch's size, in eval mode.
+
+        With keep_graph the graphs are kept, and rebuilt only when a parameter's version counter moved: an
+        in-place perturbation makes a new point.
+        """
+        key = tuple((id(p), p._version) for p in self.params)
+        if self.keep_graph and key == self._key:
+            yield from self._graphs
+            return
+        self._graphs, self._key = [], None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                for x, y in self.batches:
+                    loss = self.loss_fn(self.model(x), y)
+                    grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
+                    if self.keep_graph:
+                        self._graphs.append((grads, len(y)))
+                    yield grads, len(y)
+        finally:
+            self.model.train(was_training)
+        if self.keep_graph:
+            self._key = key
 
 
 class MatrixOperator:
@@ -137,6 +161,7 @@ def lanczos(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     start: torch.Tensor | None = None,
+    stop: Callable[[list[float], list[float]], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lanczos with full reorthogonalization: (alphas [m], betas [m-1], Q [m, n]), m <= min(steps, n).
 
@@ -174,20 +199,32 @@ def lanczos(
         if beta < _BREAKDOWN * max(1.0, abs(alpha)):
             break
         betas.append(beta)
+        if stop is not None and stop(alphas, betas):
+            break
         basis[j + 1] = w / beta
     m = len(alphas)
-    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64), basis[:m]
+    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64), basis[:m]
+
+
+def ritz_converged(k: int, rtol: float) -> Callable[[list[float], list[float]], bool]:
+    """A Lanczos stop rule: the top k Ritz pairs and the smallest are within rtol (times the largest |Ritz value|)
+    by their residual bound ||H y - theta y|| = beta_m |s_mi|, which bounds each eigenvalue's error."""
+
+    def converged(alphas: list[float], betas: list[float]) -> bool:
+        m = len(alphas)
+        if m <= k:
+            return False
+        a, b = torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64)
+        theta, s = torch.linalg.eigh(_tridiagonal(a, b))
+        residuals = betas[-1] * s[-1].abs()
+        tracked = torch.cat([residuals[m - k :], residuals[:1]])
+        return bool((tracked <= rtol * theta.abs().max()).all())
+
+    return converged
 
 
 def _tridiagonal(alphas: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
     return torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
-
-
-def _ritz(op: LinearOperator, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ritz values (ascending, float64), the tridiagonal's eigenvectors S [m, m] and the Lanczos basis Q [m, n]."""
-    alphas, betas, basis = lanczos(op.matvec, op.size, steps, seed, op.dtype, op.device)
-    theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
-    return theta, s, basis
 
 
 def _default_steps(n: int, k: int) -> int:
@@ -195,17 +232,21 @@ def _default_steps(n: int, k: int) -> int:
 
 
 def top_eigenpairs(
-    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None
+    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None,
+    rtol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest eigenvalues (descending, float64 [k]) and unit eigenvectors ([k, n], op's dtype) by Lanczos."""
-    values, vectors, _ = top_eigenpairs_and_min(op, k, steps, seed, tol)
+    values, vectors, _ = top_eigenpairs_and_min(op, k, steps, seed, tol, rtol)
     return values, vectors
 
 
 def top_eigenpairs_and_min(
-    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None
+    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None,
+    rtol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """top_eigenpairs plus the smallest (most negative) Ritz value of the same Lanczos run: lambda_min for free.
+
+    With `rtol`, Lanczos stops before `steps` once the tracked pairs converged (ritz_converged).
 
     With `tol`, a UserError is raised when a pair's residual bound |beta_m s_mi| exceeds tol * max(1, |theta_i|),
     i.e. when `steps` was too few for the pairs to converge.
@@ -218,7 +259,8 @@ def top_eigenpairs_and_min(
         raise UserError(f"top_eigenpairs needs steps >= k, got steps={steps}, k={k}")
     if tol is not None and tol <= 0:
         raise UserError(f"top_eigenpairs needs tol > 0, got {tol}")
-    alphas, betas, basis = lanczos(op.matvec, n, steps, seed, op.dtype, op.device)
+    stop = ritz_converged(k, rtol) if rtol is not None else None
+    alphas, betas, basis = lanczos(op.matvec, n, steps, seed, op.dtype, op.device, stop=stop)
     m = len(alphas)
     if m < k:
         raise UserError(f"the Krylov space from seed {seed} has {m} dimensions, fewer than k={k}; try another seed")
@@ -239,10 +281,14 @@ def top_eigenpairs_and_min(
     return values, vectors, theta[0].item()
 
 
-def extreme_eigenvalues(op: LinearOperator, steps: int | None = None, seed: int = 0) -> tuple[float, float]:
-    """(lambda_max, lambda_min): the largest and the smallest (most negative) Ritz values of one Lanczos run."""
+def extreme_eigenvalues(op: LinearOperator, steps: int | None = None, seed: int = 0,
+                        rtol: float | None = None) -> tuple[float, float]:
+    """(lambda_max, lambda_min): the largest and the smallest (most negative) Ritz values of one Lanczos run,
+    stopped early once both converged to rtol (if given)."""
     steps = _default_steps(op.size, 1) if steps is None else steps
-    theta, _, _ = _ritz(op, steps, seed)
+    stop = ritz_converged(1, rtol) if rtol is not None else None
+    alphas, betas, _ = lanczos(op.matvec, op.size, steps, seed, op.dtype, op.device, stop=stop)
+    theta = torch.linalg.eigvalsh(_tridiagonal(alphas, betas))
     return theta[-1].item(), theta[0].item()
 
 

@@ -194,7 +194,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         tune_on = plan if pending_work(levels, root) else None  # nothing pending: no timing either
         runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on)
         if h.curvature:
-            runner.curvature = CurvatureProbe(model, hessian_params(tensors), hvp_batches, h.curvature_steps, h.seed)
+            runner.curvature = CurvatureProbe(model, hessian_params(tensors), hvp_batches, h)
         tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
         barrier()
         if h.spectrum:

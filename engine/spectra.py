@@ -58,23 +58,25 @@ def hessian_batches(split: Split, cfg: HessianConfig, seed: int, device: torch.d
     return device_batches(subsample(split, cfg.samples, seed), cfg.batch_size, device)
 
 
-def operator(model: nn.Module, params: list[torch.Tensor], batches: Batches, env: DistEnv) -> HessianOperator:
+def operator(model: nn.Module, params: list[torch.Tensor], batches: Batches, env: DistEnv,
+             keep_graph: bool = True) -> HessianOperator:
     """The Hessian of the mean loss over all batches; on N ranks each takes every N-th batch, products all-reduced."""
     if env.world_size == 1 or not dist.is_initialized():
-        return HessianOperator(model, params, batches)
-    return HessianOperator(model, params, batches[env.rank :: env.world_size], all_reduce=dist.all_reduce)
+        return HessianOperator(model, params, batches, keep_graph=keep_graph)
+    return HessianOperator(model, params, batches[env.rank :: env.world_size], all_reduce=dist.all_reduce,
+                           keep_graph=keep_graph)
 
 
 class CurvatureProbe:
     """lambda_max, lambda_min and |lambda_min / lambda_max| of the Hessian at the model's current weights."""
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor], batches: Batches, steps: int, seed: int) -> None:
-        self.op = HessianOperator(model, params, batches)
-        self.steps, self.seed = steps, seed
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], batches: Batches, cfg: HessianConfig) -> None:
+        self.op = HessianOperator(model, params, batches, keep_graph=cfg.keep_graph)
+        self.steps, self.seed, self.rtol = cfg.curvature_steps, cfg.seed, cfg.rtol
 
     def __call__(self) -> dict[str, float]:
         try:
-            top, bottom = extreme_eigenvalues(self.op, steps=min(self.steps, self.op.size), seed=self.seed)
+            top, bottom = extreme_eigenvalues(self.op, min(self.steps, self.op.size), self.seed, self.rtol)
         except (RuntimeError, UserError):  # non-finite products far from theta*: eigh fails on NaN
             top = bottom = math.nan
         ratio = abs(bottom / top) if top != 0 and math.isfinite(top) and math.isfinite(bottom) else math.nan
@@ -112,9 +114,9 @@ def compute_spectrum(model: nn.Module, params: list[torch.Tensor], batches: Batc
                      env: DistEnv) -> Spectrum:
     """Every spectrum of the Hessian at the model's current weights (data-parallel over the ranks)."""
     start = time.perf_counter()
-    op = operator(model, params, batches, env)
+    op = operator(model, params, batches, env, cfg.keep_graph)
     k, steps = min(cfg.top_k, op.size), min(cfg.steps, op.size)
-    values, vectors, lambda_min = top_eigenpairs_and_min(op, k, steps=steps, seed=cfg.seed)
+    values, vectors, lambda_min = top_eigenpairs_and_min(op, k, steps=steps, seed=cfg.seed, rtol=cfg.rtol)
     trace, stderr = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed)
     trace_pp = hutchpp_trace(op, cfg.hutchpp_matvecs, seed=cfg.seed)
     nodes, weights = slq_nodes(op, cfg.slq_runs, cfg.slq_steps, seed=cfg.seed)
@@ -131,8 +133,9 @@ def hessian_directions(model: nn.Module, tensors: list[torch.Tensor], batches: B
                        env: DistEnv, ndim: int) -> list[list[torch.Tensor]]:
     """The top `ndim` Hessian eigenvectors at theta* as directions over the perturbed tensors (zero on buffers)."""
     params = hessian_params(tensors)
-    op = operator(model, params, batches, env)
-    _, vectors, _ = top_eigenpairs_and_min(op, ndim, steps=min(max(cfg.steps, ndim), op.size), seed=cfg.seed)
+    op = operator(model, params, batches, env, cfg.keep_graph)
+    _, vectors, _ = top_eigenpairs_and_min(op, ndim, steps=min(max(cfg.steps, ndim), op.size), seed=cfg.seed,
+                                           rtol=cfg.rtol)
     out = []
     for v in vectors:
         pieces = iter(v.detach().split([p.numel() for p in params]))

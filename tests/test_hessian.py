@@ -88,6 +88,25 @@ def test_matvec_matches_exact_hessian(problem):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_kept_graph_matches_and_follows_weight_changes(problem):
+    model, batches, hessian, _ = problem
+    op = HessianOperator(model, list(model.parameters()), batches, keep_graph=True)
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for _ in range(2):  # the second product reuses the kept graphs
+        torch.testing.assert_close(op.matvec(v), hessian @ v, rtol=0, atol=1e-10)
+    first = next(model.parameters())
+    saved = first.detach().clone()
+    with torch.no_grad():
+        first.mul_(1.5)  # an in-place move, as Perturber.set makes: the graphs must be rebuilt
+    try:
+        moved = _exact_hessian(model, batches)
+        assert (moved - hessian).abs().max() > 1e-3
+        torch.testing.assert_close(op.matvec(v), moved @ v, rtol=0, atol=1e-10)
+    finally:
+        with torch.no_grad():
+            first.copy_(saved)
+
+
 def test_matvec_keeps_mode_and_running_stats():
     model, batches = _conv_problem()
     model.train()
@@ -132,6 +151,18 @@ def test_top_eigenpairs_match_numpy(problem):
             assert overlap > 1 - 1e-6, f"eigenvector {i}: |<u, u_exact>| = {overlap}"
             checked += 1
     assert checked >= 1
+
+
+def test_lanczos_stops_early_on_converged_ritz_pairs(problem):
+    _, _, hessian, op = problem
+    exact = torch.linalg.eigvalsh(hessian)
+    before = op.calls
+    values, _ = top_eigenpairs(op, 2, steps=op.size, rtol=1e-8)
+    used = op.calls - before
+    assert used < op.size  # stopped before the cap
+    torch.testing.assert_close(values, exact.flip(0)[:2], rtol=1e-6, atol=0)
+    top, bottom = extreme_eigenvalues(op, steps=op.size, rtol=1e-8)
+    assert top == pytest.approx(exact[-1].item(), rel=1e-6) and bottom == pytest.approx(exact[0].item(), rel=1e-5)
 
 
 def test_extreme_eigenvalues_find_negative_curvature(problem):
