@@ -206,8 +206,8 @@ def lanczos(
     return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64), basis[:m]
 
 
-def ritz_converged(k: int, rtol: float) -> Callable[[list[float], list[float]], bool]:
-    """A Lanczos stop rule: the top k Ritz pairs and the smallest are within rtol (times the largest |Ritz value|)
+def ritz_converged(k: int, rtol: float, smallest: bool = True) -> Callable[[list[float], list[float]], bool]:
+    """A Lanczos stop rule: the top k Ritz pairs (and the smallest) are within rtol (times the largest |Ritz value|)
     by their residual bound ||H y - theta y|| = beta_m |s_mi|, which bounds each eigenvalue's error."""
 
     def converged(alphas: list[float], betas: list[float]) -> bool:
@@ -217,7 +217,7 @@ def ritz_converged(k: int, rtol: float) -> Callable[[list[float], list[float]], 
         a, b = torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64)
         theta, s = torch.linalg.eigh(_tridiagonal(a, b))
         residuals = betas[-1] * s[-1].abs()
-        tracked = torch.cat([residuals[m - k :], residuals[:1]])
+        tracked = torch.cat([residuals[m - k :], residuals[:1]]) if smallest else residuals[m - k :]
         return bool((tracked <= rtol * theta.abs().max()).all())
 
     return converged
@@ -236,7 +236,7 @@ def top_eigenpairs(
     rtol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest eigenvalues (descending, float64 [k]) and unit eigenvectors ([k, n], op's dtype) by Lanczos."""
-    values, vectors, _ = top_eigenpairs_and_min(op, k, steps, seed, tol, rtol)
+    values, vectors, _ = _top(op, k, steps, seed, tol, rtol, smallest=False)
     return values, vectors
 
 
@@ -251,6 +251,11 @@ def top_eigenpairs_and_min(
     With `tol`, a UserError is raised when a pair's residual bound |beta_m s_mi| exceeds tol * max(1, |theta_i|),
     i.e. when `steps` was too few for the pairs to converge.
     """
+    return _top(op, k, steps, seed, tol, rtol, smallest=True)
+
+
+def _top(op: LinearOperator, k: int, steps: int | None, seed: int, tol: float | None, rtol: float | None,
+         smallest: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
     n = op.size
     if not 1 <= k <= n:
         raise UserError(f"top_eigenpairs needs 1 <= k <= {n} (the parameter count), got k={k}")
@@ -259,7 +264,7 @@ def top_eigenpairs_and_min(
         raise UserError(f"top_eigenpairs needs steps >= k, got steps={steps}, k={k}")
     if tol is not None and tol <= 0:
         raise UserError(f"top_eigenpairs needs tol > 0, got {tol}")
-    stop = ritz_converged(k, rtol) if rtol is not None else None
+    stop = ritz_converged(k, rtol, smallest) if rtol is not None else None
     alphas, betas, basis = lanczos(op.matvec, n, steps, seed, op.dtype, op.device, stop=stop)
     m = len(alphas)
     if m < k:
