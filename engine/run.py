@@ -156,7 +156,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
-    hvp_batches = hessian_batches(split, h, cfg.data.seed, env.device)
+    needs_hessian = h.spectrum or h.curvature or d.kind == "hessian"
+    hvp_batches = hessian_batches(split, h, cfg.data.seed, env.device) if needs_hessian else []
     if d.kind == "random":
         directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
     else:
