@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.sharpness import surface_sharpness
 from engine.store import Surface, read_surface
 
 
-def summarize(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]:
+def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float = 0.25) -> dict[str, Any]:
     """Derive the summary numbers of a (possibly partial) surface; NaN marks points not computed."""
     loss, acc, coords = surface.metrics["loss"], surface.metrics["accuracy"], surface.coords
     missing = [list(map(int, t)) for t in np.argwhere(~surface.done)]
@@ -41,6 +42,8 @@ def summarize(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]:
         **{axis: basin_width(loss, coords, center, k, basin_rise) for k, axis in enumerate(("x", "y")[: loss.ndim])},
     }
     out["convexity"] = convexity(loss, coords)
+    out["sharpness"] = {"radius": sharpness_radius, "surface": surface_sharpness(loss, coords, sharpness_radius),
+                        "epsilon": surface.attrs.get("epsilon_sharpness")}
     if "hessian/ratio" in surface.metrics:
         out["curvature"] = curvature_summary(surface, center)
     return out
@@ -129,12 +132,13 @@ def local_minima(loss: np.ndarray) -> int:
     return int(is_min.sum())
 
 
-def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | None = None) -> dict[str, Any]:
+def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | None = None,
+             sharpness_radius: float = 0.25) -> dict[str, Any]:
     """Read a store, summarize it and write summary.json beside it (or at `out`)."""
     from engine.spectra import read_spectrum
 
     surface = read_surface(store_path)
-    summary = {"store": str(store_path), **summarize(surface, basin_rise)}
+    summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
     spectrum = read_spectrum(store_path)
     if spectrum is not None:
         summary["spectrum"] = spectrum.numbers()

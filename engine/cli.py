@@ -122,6 +122,8 @@ def plot_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip", type=float, default=None, help="draw losses above this value at this value")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats")
     parser.add_argument("--basin-rise", type=float, default=0.5, help="basin threshold above the center loss")
+    parser.add_argument("--sharpness-radius", type=float, default=0.25,
+                        help="surface sharpness: max loss rise within this radius, over 1 + center loss")
     args = parser.parse_args(argv)
 
     def go() -> None:
@@ -129,7 +131,7 @@ def plot_main(argv: list[str] | None = None) -> None:
         from engine.run import draw
 
         store = Path(args.store)
-        summary = assemble(store, args.basin_rise)
+        summary = assemble(store, args.basin_rise, sharpness_radius=args.sharpness_radius)
         plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","))
         figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot)
         state = "complete" if summary["complete"] else f"partial, {len(summary['missing_tiles'])} tile(s) missing"

@@ -28,6 +28,8 @@ COLUMNS = [
     ("non-convex", lambda s: s["convexity"]["nonconvex_fraction"]),
     ("|lmin/lmax|", lambda s: s["convexity"]["mean_abs_eig_ratio"]),
     ("local minima", lambda s: s["convexity"]["local_minima"]),
+    ("surface sharpness", lambda s: s.get("sharpness", {}).get("surface")),
+    ("eps-sharpness %", lambda s: (s.get("sharpness", {}).get("epsilon") or {}).get("sharpness")),
 ]
 
 

@@ -88,15 +88,27 @@ class TrainConfig:
 class DirectionConfig:
     """The plane's axes: seeded random (Li et al. 2018) or loaded from a file or another store."""
 
-    kind: str = "random"  # random | file | hessian (top two Hessian eigenvectors at theta*, see hessian.*)
+    # random | file | hessian (top two Hessian eigenvectors at theta*, see hessian.*) | interpolation (1D, from
+    # theta* = model A at 0 to checkpoints[0] = model B at 1) | plane (through A and checkpoints[0], [1] = B, C,
+    # orthonormalized) | pca (top two principal components of the training trajectory, Li et al. section 7)
+    kind: str = "random"
     norm: str = "filter"  # filter | layer | none
     ignore: str = "biasbn"  # biasbn: zero the direction on rank-1 tensors | none: normalize them whole
     over: str = "weights"  # weights: parameters | states: parameters and BatchNorm running statistics
     seed: int = 123  # seed of the random directions
     path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
+    checkpoints: list[str] = field(default_factory=list)  # kind=interpolation: [B]; kind=plane: [B, C]
+    trajectory: str | None = None  # kind=pca: folder of epoch_*.pt; None: this run's own checkpoints/
 
     def __post_init__(self) -> None:
-        _check_choice("direction.kind", self.kind, ("random", "file", "hessian"))
+        _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
+        if self.kind in ("interpolation", "plane", "pca") and (self.norm, self.ignore) != ("none", "none"):
+            raise UserError(f"direction.kind={self.kind} keeps the checkpoints' own geometry: set direction.norm=none "
+                            f"and direction.ignore=none (or use direction={self.kind})")
+        wanted = {"interpolation": 1, "plane": 2}.get(self.kind)
+        if wanted is not None and len(self.checkpoints) != wanted:
+            raise UserError(f"direction.kind={self.kind} needs direction.checkpoints=[{', '.join('BC'[:wanted])}] "
+                            f"({wanted} checkpoint file(s)), got {len(self.checkpoints)}")
         _check_choice("direction.norm", self.norm, ("filter", "layer", "none"))
         _check_choice("direction.ignore", self.ignore, ("biasbn", "none"))
         _check_choice("direction.over", self.over, ("weights", "states"))
@@ -145,6 +157,8 @@ class EvalConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
     channels_last: bool | None = None  # channels_last memory format; None: on for image (N, C, H, W) inputs
     compile: bool = False  # torch.compile the model (K = 1 path; instead of eval.rewrites)
+    recalibrate_bn: bool = False  # at every point, recompute BatchNorm statistics on training data (K = 1 path)
+    recalibrate_samples: int = 512  # training samples used for each recalibration
     # K = 1 path graph rewrites (engine/rewrite.py), same numbers to float32 rounding; [] turns them off:
     # fold_batchnorm (eval BN into the conv before it, once per point), in_place (ReLU/residual add write into a
     # fresh operand), input_products (the input layer's products with theta* and each direction, cached per
@@ -230,6 +244,10 @@ class SummaryConfig:
     """Numbers derived from the surface for summary.json."""
 
     basin_rise: float = 0.5  # basin width is measured where loss <= center loss + basin_rise
+    sharpness_radius: float = 0.25  # surface sharpness: max loss rise within |coords| <= radius, over 1 + loss
+    epsilon: float | None = 1e-3  # Keskar et al.'s epsilon-sharpness box size (None: not computed)
+    epsilon_steps: int = 20  # projected gradient ascent steps of epsilon-sharpness
+    sharpness_samples: int | None = 512  # eval samples epsilon-sharpness is computed on (None: all)
 
 
 @dataclass

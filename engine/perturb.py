@@ -1,36 +1,55 @@
 """In-place perturbation: theta = theta* + sum_k c_k d_k set on the live tensors by torch._foreach_* updates.
 
-No model copy and no load_state_dict per point; theta* is kept once and restored bitwise at the end.
+No model copy and no load_state_dict per point; theta* is kept once and restored bitwise at the end. For an
+interpolation the point is lerp(A, B, c) instead, which is exactly A at 0 and exactly B at 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 
 
 class Perturber:
-    """Moves a model's perturbed tensors to theta* + sum_k c_k d_k, vectorized over all tensors."""
+    """Moves a model's perturbed tensors to theta* + sum_k c_k d_k, vectorized over all tensors.
 
-    def __init__(self, tensors: list[torch.Tensor], directions: list[list[torch.Tensor]]) -> None:
+    `end` (1D only): set lerps from theta* (c = 0) to end (c = 1). `after_set` runs after every move (BatchNorm
+    recalibration); `also_restore` are further tensors it changes, restored with theta*.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], directions: list[list[torch.Tensor]],
+                 end: list[torch.Tensor] | None = None, after_set: Callable[[], None] | None = None,
+                 also_restore: list[torch.Tensor] | None = None) -> None:
         self.tensors = tensors
         self.theta = [t.detach().clone() for t in tensors]
         self.directions = directions
+        self.end = end
+        self.after_set = after_set
+        self.extra = also_restore or []
+        self.extra_saved = [t.detach().clone() for t in self.extra]
 
     @torch.no_grad()
     def set(self, coords: Sequence[float]) -> None:
-        """Set the live tensors to theta* + sum_k coords[k] * directions[k]."""
+        """Set the live tensors to theta* + sum_k coords[k] * directions[k] (or lerp(theta*, end, coords[0]))."""
         torch._foreach_copy_(self.tensors, self.theta)
-        for c, d in zip(coords, self.directions):
-            if c != 0.0:
-                torch._foreach_add_(self.tensors, d, alpha=float(c))
+        if self.end is not None:
+            if coords[0] != 0.0:
+                torch._foreach_lerp_(self.tensors, self.end, float(coords[0]))
+        else:
+            for c, d in zip(coords, self.directions):
+                if c != 0.0:
+                    torch._foreach_add_(self.tensors, d, alpha=float(c))
+        if self.after_set is not None:
+            self.after_set()
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put theta* back, bit for bit."""
+        """Put theta* (and the extra tensors) back, bit for bit."""
         torch._foreach_copy_(self.tensors, self.theta)
+        if self.extra:
+            torch._foreach_copy_(self.extra, self.extra_saved)
 
     @contextmanager
     def active(self) -> Iterator[Perturber]:

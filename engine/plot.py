@@ -145,7 +145,8 @@ def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, ti
         handles, shown = [], 0
         for k, (name, axis) in enumerate(zip(names, axes)):
             is_loss = name == "loss"
-            y = _prepare(metrics[name], clip if is_loss else None, log_scale and is_loss, auto=is_loss)
+            # no automatic cap on a line: it would flatten real values (an extrapolated interpolation, say)
+            y = _prepare(metrics[name], clip if is_loss else None, log_scale and is_loss, auto=False)
             handles += axis.plot(x, y, color=f"C{k}", marker=".", label=name)
             axis.set_ylabel(name, color=f"C{k}")
             shown += y.count()
@@ -165,7 +166,7 @@ def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, ti
 
 def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], out_dir: Path, title: str,
              labels: Sequence[str], log_scale: bool, clip: float | None, formats: Sequence[str],
-             markers: Mapping[str, tuple[float, ...]]) -> list[Path]:
+             markers: Mapping[str, tuple[float, ...]], path: np.ndarray | None = None) -> list[Path]:
     """contour/contourf/heatmap/surface3d for loss and <name>_heatmap for every other metric."""
     x, y = (np.asarray(c, dtype=float) for c in coords)
     paths: list[Path] = []
@@ -203,6 +204,8 @@ def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], ou
                 ax.set_zlabel(label)
                 ax.xaxis.set_major_locator(MaxNLocator(5))
                 ax.yaxis.set_major_locator(MaxNLocator(5))
+            if path is not None and kind != "surface3d":
+                ax.plot(path[:, 0], path[:, 1], "-o", color="k", mfc="w", ms=3, lw=1, label="trajectory")
             _mark(ax, markers, z if kind == "surface3d" and levels is not None else None, (x, y))
             if kind != "heatmap" or levels is None:
                 _limits(ax, x, y)
@@ -221,11 +224,13 @@ def draw_surfaces(
     clip: float | None = None,
     formats: Sequence[str] = ("png", "pdf"),
     markers: Mapping[str, tuple[float, ...]] | None = None,
+    path: np.ndarray | None = None,
 ) -> list[Path]:
     """Draw every figure of a 1D line or 2D plane into out_dir and return the files written.
 
     1D: line.fmt (loss + accuracy on a twin axis), <name>_line.fmt for other metrics. 2D: contour, contourf, heatmap,
-    surface3d (loss), accuracy_heatmap and <name>_heatmap. Only loss is clipped (clip, else the automatic cap of
+    surface3d (loss), accuracy_heatmap and <name>_heatmap; `path` ([n, 2], a projected trajectory) is drawn over
+    the 2D ones. Only loss is clipped (clip, else the automatic cap of
     `_prepare`) and log-scaled; NaN/-inf are blank, +inf is drawn at the cap (other metrics: at their max).
     """
     if len(coords) not in (1, 2):
@@ -241,7 +246,7 @@ def draw_surfaces(
     if len(coords) == 1:
         return _draw_1d(np.asarray(coords[0], dtype=float), metrics, out, title, axis_labels[0], log_scale, clip,
                         formats, markers)
-    return _draw_2d(coords, metrics, out, title, axis_labels, log_scale, clip, formats, markers)
+    return _draw_2d(coords, metrics, out, title, axis_labels, log_scale, clip, formats, markers, path)
 
 
 def draw_comparison(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]], out_path: str | Path, *,

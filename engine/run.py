@@ -15,13 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import zarr
 from torch import nn
 
 from engine import directions as dirs
 from engine.assemble import assemble
+from engine.batchnorm import BatchNormRecalibrator, batchnorm_buffers
+from engine.checkpoint_directions import KINDS as CHECKPOINT_KINDS
+from engine.checkpoint_directions import CheckpointDirections, checkpoint_directions
 from engine.config import HessianConfig, PlotConfig, RunConfig
-from engine.data import DataBundle, Split, choose_batch_size, eval_batches, load_data, subsample
+from engine.data import DataBundle, Split, choose_batch_size, device_batches, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
 from engine.evaluate import METRICS
 from engine.grid import PREVIEW, GridPlan, make_levels
@@ -30,6 +34,7 @@ from engine.lease import StoreLease
 from engine.models import build_model, load_checkpoint, state_fingerprint
 from engine.perturb import Perturber
 from engine.rewrite import rewrite
+from engine.sharpness import epsilon_sharpness
 from engine.spectra import (
     CURVATURE_METRICS,
     CurvatureProbe,
@@ -41,7 +46,7 @@ from engine.spectra import (
     stored_spectrum_config,
     write_spectrum,
 )
-from engine.store import StoreSpec, Surface, open_store, read_surface
+from engine.store import StoreSpec, Surface, open_store, read_array, read_surface
 from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
 from engine.vectorized import PointRunner, choose_k, make_evaluator, points_per_pass
@@ -86,6 +91,7 @@ def run_train(cfg: RunConfig) -> Path:
 def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
     directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune_on: GridPlan | None,
+    end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
 ) -> PointRunner:
     """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
 
@@ -93,8 +99,10 @@ def make_runner(
     on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
-    perturber = Perturber(tensors, directions)
+    perturber = Perturber(tensors, directions, end, recalibrate,
+                          batchnorm_buffers(model) if recalibrate is not None else None)
     theta = [t.detach() for t in tensors]
+    in_place_only = end is not None or recalibrate is not None  # lerped points, per-point BN statistics
     on = set(e.rewrites)
     fast: nn.Module | None = None
     if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
@@ -102,12 +110,13 @@ def make_runner(
     elif on:
         fast = rewrite(
             model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
-            input_products="input_products" in on and isinstance(batches, list), in_place="in_place" in on,
+            input_products="input_products" in on and isinstance(batches, list) and end is None,
+            in_place="in_place" in on,
             transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
         if fast is not None:
             fast.register([x for x, _ in batches])
-    evaluator = None if e.points_per_pass == 1 else make_evaluator(model, names, theta, directions, batches,
-                                                                     e.precision)
+    evaluator = None if e.points_per_pass == 1 or in_place_only else make_evaluator(
+        model, names, theta, directions, batches, e.precision)
     runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
         k_max = points_per_pass(model, theta, batches, e.memory_gb)
@@ -158,8 +167,12 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
     needs_hessian = h.spectrum or h.curvature or d.kind == "hessian"
     hvp_batches = hessian_batches(split, h, cfg.data.seed, env.device) if needs_hessian else []
+    made = CheckpointDirections([])
     if d.kind == "random":
         directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
+    elif d.kind in CHECKPOINT_KINDS:  # the checkpoints' own geometry: no normalization
+        made = checkpoint_directions(d, model, names, theta, run_dir, plan.ndim)
+        directions = made.directions
     else:
         raw = (hessian_directions(model, tensors, hvp_batches, h, env, plan.ndim) if d.kind == "hessian"
                else dirs.load_directions(d.path, names, theta, plan.ndim))
@@ -173,7 +186,19 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     batches = eval_batches(split, batch_size, env.device, e.cache, e.memory_gb)
     store_path = Path(cfg.store.path) if cfg.store.path else run_dir / "landscape.zarr"
     metrics = METRICS + (CURVATURE_METRICS if h.curvature else ())
-    spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint, metrics)
+    if made.trajectory is not None:
+        lo, hi = made.trajectory.min(0), made.trajectory.max(0)
+        if any(lo[k] < c[0] or hi[k] > c[-1] for k, c in enumerate(plan.coords)):
+            pad = 0.1 * (hi - lo)
+            say(f"note: the projected trajectory spans x [{lo[0]:.3g}, {hi[0]:.3g}], y [{lo[1]:.3g}, {hi[1]:.3g}]: "
+                f"beyond the grid; grid.x=[{lo[0] - pad[0]:.3g},{hi[0] + pad[0]:.3g}] "
+                f"grid.y=[{lo[1] - pad[1]:.3g},{hi[1] + pad[1]:.3g}] shows it whole")
+    extra = {"markers": made.markers or {"theta*": [0.0] * plan.ndim}, "axis_labels": made.axis_labels}
+    if made.explained is not None:
+        extra["explained_variance"] = made.explained
+    arrays = {"trajectory/coords": made.trajectory} if made.trajectory is not None else {}
+    spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint, metrics,
+                     extra, arrays)
     lease = StoreLease(store_path, ttl=cfg.store.lease_ttl)
 
     def create() -> None:
@@ -193,19 +218,28 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
         tune_on = plan if pending_work(levels, root) else None  # nothing pending: no timing either
-        runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on)
+        recalibrate = None
+        if e.recalibrate_bn:
+            train = subsample(data.train, e.recalibrate_samples, cfg.data.seed)
+            if channels_last:
+                train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
+            recalibrate = BatchNormRecalibrator(model, device_batches(train, batch_size, env.device))
+        runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on, made.end, recalibrate)
         if h.curvature:
             runner.curvature = CurvatureProbe(model, hessian_params(tensors), hvp_batches, h)
         tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
         barrier()
         if h.spectrum:
             spectrum_stage(model, tensors, hvp_batches, h, resolved["hessian"], env, store_path, say)
+        if cfg.summary.epsilon is not None:
+            on_main(env, lambda: sharpness_stage(model, split, cfg, env, store_path))
     finally:
         if env.is_main:
             lease.release()
     result = RunResult(run_dir, store_path, tiles)
     if env.is_main:
-        result.summary = assemble(store_path, cfg.summary.basin_rise, run_dir / "summary.json")
+        result.summary = assemble(store_path, cfg.summary.basin_rise, run_dir / "summary.json",
+                                  cfg.summary.sharpness_radius)
         result.figures = draw(store_path, run_dir / "figures", cfg.plot) if cfg.plot.enabled else []
         say(f"done in {time.perf_counter() - start:.1f} s ({len(tiles)} tile(s) on rank 0); center loss "
             f"{result.summary['center']['loss']}, accuracy {result.summary['center']['accuracy']}")
@@ -226,6 +260,21 @@ def spectrum_stage(model: nn.Module, tensors: list[torch.Tensor], batches: Any, 
     spectrum = compute_spectrum(model, hessian_params(tensors), batches, cfg, env)
     on_main(env, lambda: write_spectrum(zarr.open_group(store_path, mode="r+"), spectrum, settings))
     barrier()
+
+
+def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv, store_path: Path) -> None:
+    """Keskar et al.'s epsilon-sharpness at theta* into the store's attributes (summary.json reads it there)."""
+    s = cfg.summary
+    batches = device_batches(subsample(split, s.sharpness_samples, cfg.data.seed), 256, env.device)
+    count = sum(len(y) for _, y in batches)
+
+    def mean_loss() -> torch.Tensor:
+        return sum(F.cross_entropy(model(x).float(), y, reduction="sum") for x, y in batches) / count
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed)
+    zarr.open_group(store_path, mode="r+").attrs["epsilon_sharpness"] = {**result, "samples": count}
 
 
 def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
@@ -253,14 +302,18 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     surface, state = surface_to_draw(store_path)
     conf = surface.attrs["config"]
     title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
-    center = tuple(0.0 for _ in surface.coords)
+    markers = surface.attrs.get("markers") or {"theta*": [0.0 for _ in surface.coords]}
+    markers = {name: tuple(point) for name, point in markers.items()}
     m = surface.metrics
     formats = list(plot.formats)
+    labels = surface.attrs.get("axis_labels", ["d1", "d2"])
+    trajectory = read_array(store_path, "trajectory/coords") if len(surface.coords) == 2 else None
     paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if k in METRICS}, out_dir, title=title,
-                          log_scale=plot.log_scale, clip=plot.clip, formats=formats, markers={"theta*": center})
+                          axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
+                          markers=markers, path=trajectory)
     if all(k in m for k in CURVATURE_METRICS):
         paths += draw_curvature_maps(tuple(surface.coords), m["loss"], *(m[k] for k in CURVATURE_METRICS), out_dir,
-                                     formats=formats, title=title, markers={"theta*": center})
+                                     formats=formats, title=title, markers=markers)
     spectrum = read_spectrum(store_path)
     if spectrum is not None:
         name = f"{conf['model']['name']} on {conf['data']['name']}, Hessian at theta*"

@@ -13,7 +13,7 @@ names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class StoreSpec:
     directions: list[list[torch.Tensor]]
     fingerprint: str
     metrics: tuple[str, ...] = METRICS  # arrays of the grid's shape; "hessian/..." ones for curvature maps
+    attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes: markers, axis labels, ...
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # extra arrays, e.g. trajectory/coords
 
 
 def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> zarr.Group:
@@ -108,7 +110,10 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
                                 dtype="float32", dimension_names=("param",))
         arr[:] = flat
         arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+    for name, array in spec.arrays.items():
+        root.create_array(name, shape=array.shape, dtype=array.dtype)[...] = array
     root.attrs.update({
+        **spec.attrs,
         "creating": False,
         "config": spec.config,
         "config_hash": config_hash(spec.config),
@@ -174,6 +179,14 @@ def read_surface(path: str | Path, level: str = "") -> Surface:
     coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
     metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
     return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray | None:
+    """An extra array of a store (e.g. trajectory/coords), or None when the store has none."""
+    try:
+        return np.asarray(_open_existing(path)[name][...])
+    except KeyError:
+        return None
 
 
 def _open_existing(path: str | Path) -> zarr.Group:

@@ -1,0 +1,193 @@
+"""Directions from checkpoints through the whole run.
+
+- Interpolation endpoints equal each model's own numbers exactly, with BatchNorm statistics interpolated.
+- The plane through three models puts each at its stored coordinates.
+- The PCA plane of the run's own trajectory is stored with its projection.
+- BatchNorm recalibration recomputes the statistics and restores them afterwards.
+- The sharpness numbers land in summary.json.
+- Bad inputs (another architecture, too few checkpoints, normalized checkpoint directions) give one line each.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.batchnorm import BatchNormRecalibrator, batchnorm_buffers
+from engine.data import Split, device_batches, load_data, subsample
+from engine.directions import perturbed_tensors
+from engine.evaluate import evaluate
+from engine.models import CifarResNet, build_model, load_checkpoint
+from engine.perturb import Perturber
+from engine.run import run_landscape
+from engine.store import read_directions, read_surface
+from tests.conftest import make_cfg, run_cli
+
+LINE = ["grid=line", "grid.resolution=[5]", "grid.x=[-0.5,1.5]", "grid.tile=[3]", "grid.preview=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ResNet-8 (width 4) trained 3 epochs: epoch_001..003.pt and final.pt."""
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg, resolved = make_cfg(out, "train.epochs=3", "name=base", "grid.resolution=[3,3]")
+    run_landscape(cfg, resolved, log=False)
+    return out, out / "base" / "checkpoints"
+
+
+def _own_numbers(cfg, checkpoint) -> dict[str, float]:
+    """A model's own loss and accuracy, evaluated as a run does (channels_last, eval batches of 32)."""
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    load_checkpoint(model, checkpoint)
+    model = model.eval().to(memory_format=torch.channels_last)
+    split = subsample(data.test, cfg.eval.samples, cfg.data.seed)
+    split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+    return evaluate(model, device_batches(split, cfg.eval.batch_size, torch.device("cpu")))
+
+
+def test_interpolation_endpoints_are_the_models_own_numbers(trained):
+    out, ckpt = trained
+    a, b = ckpt / "epoch_001.pt", ckpt / "final.pt"
+    cfg, resolved = make_cfg(out, *LINE, "name=interp", f"model.checkpoint={a}", "direction=interpolation",
+                             f"direction.checkpoints=[{b}]", "direction.over=states", "eval.rewrites=[]")
+    result = run_landscape(cfg, resolved, log=False)
+    surface = read_surface(result.store)
+    np.testing.assert_array_equal(surface.coords[0], [-0.5, 0.0, 0.5, 1.0, 1.5])
+    for index, checkpoint in ((1, a), (3, b)):
+        own = _own_numbers(cfg, checkpoint)
+        assert surface.metrics["loss"][index] == np.float32(own["loss"])  # exactly, not approximately
+        assert surface.metrics["accuracy"][index] == np.float32(own["accuracy"])
+    assert surface.metrics["loss"][1] != surface.metrics["loss"][3]
+    assert surface.attrs["markers"] == {"A": [0.0], "B": [1.0]}
+    summary = json.loads((out / "interp" / "summary.json").read_text())
+    assert summary["sharpness"]["epsilon"]["sharpness"] >= 0 and summary["sharpness"]["surface"] is not None
+    fast_cfg, fast_resolved = make_cfg(out, *LINE, "name=interp_fast", f"model.checkpoint={a}",
+                                       "direction=interpolation", f"direction.checkpoints=[{b}]",
+                                       "direction.over=states")
+    fast = read_surface(run_landscape(fast_cfg, fast_resolved, log=False).store)  # the graph rewrites on
+    np.testing.assert_allclose(fast.metrics["loss"], surface.metrics["loss"], rtol=1e-5)
+
+
+def test_plane_through_three_models_puts_each_at_its_coordinates(trained):
+    out, ckpt = trained
+    a, b, c = ckpt / "final.pt", ckpt / "epoch_001.pt", ckpt / "epoch_002.pt"
+    cfg, resolved = make_cfg(out, "name=plane", f"model.checkpoint={a}", "direction=plane",
+                             f"direction.checkpoints=[{b},{c}]", "grid.resolution=[3,3]")
+    result = run_landscape(cfg, resolved, log=False)
+    markers = read_surface(result.store).attrs["markers"]
+    assert markers["A"] == [0.0, 0.0] and markers["B"][1] == 0.0 and markers["B"][0] > 0
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    load_checkpoint(model, a)
+    names, tensors = zip(*perturbed_tensors(model, "weights"))
+    stored = read_directions(result.store)
+    perturber = Perturber(list(tensors), [[d[n] for n in names] for d in stored])
+    for name, path in (("B", b), ("C", c)):
+        target = torch.load(path, weights_only=True)["state_dict"]
+        with perturber.active():
+            perturber.set(tuple(markers[name]))
+            worst = max((t - target[n]).abs().max().item() for n, t in zip(names, tensors))
+        assert worst < 1e-5, f"{name} is not at its stored coordinates ({worst})"
+
+
+def test_pca_of_the_run_trajectory(trained):
+    out, ckpt = trained
+    cfg, resolved = make_cfg(out, "name=pca", f"model.checkpoint={ckpt / 'final.pt'}", "direction=pca",
+                             f"direction.trajectory={ckpt}", "grid.resolution=[3,3]", "plot.enabled=true",
+                             "plot.formats=[png]")
+    result = run_landscape(cfg, resolved, log=False)
+    surface = read_surface(result.store)
+    explained = surface.attrs["explained_variance"]
+    assert explained[0] >= explained[1] > 0 and sum(explained) == pytest.approx(1.0)  # 3 checkpoints: 2 components
+    assert "% of the variance" in surface.attrs["axis_labels"][0]
+    import zarr
+
+    coords = np.asarray(zarr.open_group(result.store, mode="r")["trajectory/coords"][...])
+    assert coords.shape == (3, 2) and np.allclose(coords[-1], 0.0, atol=1e-5)  # epoch_003 is the final model
+    d0, d1 = (torch.cat([t.reshape(-1) for t in d.values()]) for d in read_directions(result.store))
+    assert abs(torch.dot(d0, d1).item()) < 1e-5 and d0.norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert any(p.name == "contour.png" for p in result.figures)
+
+
+def test_recalibrated_batchnorm_statistics_are_restored():
+    torch.manual_seed(0)
+    model = CifarResNet(8, 10, 1, 4, shortcut=True).eval()
+    x = torch.randn(64, 1, 8, 8)
+    batches = [(x[:32], None), (x[32:], None)]
+    tensors = [t for _, t in perturbed_tensors(model, "weights")]
+    directions = [[torch.randn_like(t) * 0.1 for t in tensors]]
+    saved = [t.clone() for t in batchnorm_buffers(model)]
+    perturber = Perturber(list(tensors), directions, after_set=BatchNormRecalibrator(model, batches),
+                          also_restore=batchnorm_buffers(model))
+    with perturber.active():
+        perturber.set((0.5,))
+        reference = copy.deepcopy(model)
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        reference.train()
+        with torch.no_grad():
+            for xb, _ in batches:
+                reference(xb)
+        for got, want in zip(batchnorm_buffers(model), batchnorm_buffers(reference)):
+            torch.testing.assert_close(got, want)
+        assert not torch.equal(batchnorm_buffers(model)[0], saved[0])
+        assert not model.training  # eval mode kept
+    for got, want in zip(batchnorm_buffers(model), saved):
+        assert torch.equal(got, want)
+
+
+def test_recalibrating_run_uses_the_in_place_path(tmp_path):
+    cfg, resolved = make_cfg(tmp_path, "name=recal", "eval.recalibrate_bn=true", "eval.recalibrate_samples=64",
+                             "grid.resolution=[3,3]", "eval.points_per_pass=4")
+    result = run_landscape(cfg, resolved, log=False)
+    plain_cfg, plain_resolved = make_cfg(tmp_path, "name=recal", "grid.resolution=[3,3]", "store.path=" +
+                                         str(tmp_path / "plain.zarr"), f"model.checkpoint={tmp_path}/recal/"
+                                         "checkpoints/final.pt")
+    plain = run_landscape(plain_cfg, plain_resolved, log=False)
+    recal_loss = read_surface(result.store).metrics["loss"]
+    assert np.isfinite(recal_loss).all()
+    assert not np.allclose(recal_loss, read_surface(plain.store).metrics["loss"])  # statistics did change
+    assert "K=1" in (tmp_path / "recal" / "logs" / "rank0.log").read_text()
+
+
+def test_bad_checkpoint_inputs_give_one_line(trained, tmp_path):
+    _, ckpt = trained
+    other = tmp_path / "wide.pt"
+    torch.save({"state_dict": CifarResNet(8, 10, 1, 8, shortcut=True).state_dict()}, other)
+    base = ["model.width=4", "train.epochs=1", "eval.samples=64", "plot.enabled=false", "eval.progress=false",
+            f"out_dir={tmp_path}", f"model.checkpoint={ckpt / 'final.pt'}"]
+    cases = [
+        ([*base, "grid=line", "direction=interpolation", f"direction.checkpoints=[{other}]"], "does not fit model"),
+        ([*base, "direction=pca", f"direction.trajectory={tmp_path / 'few'}"], "needs at least 3 checkpoints"),
+        ([*base, "direction.kind=plane", f"direction.checkpoints=[{other},{other}]"], "set direction.norm=none"),
+    ]
+    (tmp_path / "few").mkdir()
+    (tmp_path / "few" / "epoch_001.pt").write_bytes((ckpt / "epoch_001.pt").read_bytes())
+    for args, message in cases:
+        done = run_cli("main", *args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_interpolation_lands_on_both_models_bitwise():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1000, generator=g) * 1e3, torch.randn(1000, generator=g) * 1e-3
+    assert not torch.equal(a + 1.0 * (b - a), b)  # the additive form does not land on B
+    live = a.clone()
+    perturber = Perturber([live], [[b - a]], end=[b])
+    with perturber.active():
+        perturber.set((1.0,))
+        assert torch.equal(live, b)
+        perturber.set((0.0,))
+        assert torch.equal(live, a)
+        perturber.set((-0.5,))
+        torch.testing.assert_close(live, a - 0.5 * (b - a))
+    assert torch.equal(live, a)
