@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,8 @@ from engine.models import CifarResNet, build_model, load_checkpoint
 from engine.perturb import Perturber
 from engine.run import run_landscape
 from engine.store import read_directions, read_surface
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import TINY, assert_same_store, make_cfg, run_cli
+from tests.test_distributed import ENV, GRID, torchrun
 
 LINE = ["grid=line", "grid.resolution=[5]", "grid.x=[-0.5,1.5]", "grid.tile=[3]", "grid.preview=0"]
 
@@ -191,3 +194,16 @@ def test_interpolation_lands_on_both_models_bitwise():
         perturber.set((-0.5,))
         torch.testing.assert_close(live, a - 0.5 * (b - a))
     assert torch.equal(live, a)
+
+
+def test_pca_plane_on_two_ranks_equals_one_process(trained):
+    out, ckpt = trained
+    args = [f"model.checkpoint={ckpt / 'final.pt'}", "direction=pca", f"direction.trajectory={ckpt}",
+            "summary.epsilon=null"]
+    one = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, *args,
+                          f"out_dir={out}", "name=pca_one"], cwd=out, env=ENV, capture_output=True, text=True,
+                         timeout=300)  # one thread, as each torchrun rank has: the stores compare bitwise
+    assert one.returncode == 0, one.stderr
+    two = torchrun(2, *args, f"out_dir={out}", "name=pca_two", cwd=out)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert_same_store(out / "pca_one" / "landscape.zarr", out / "pca_two" / "landscape.zarr")
