@@ -267,6 +267,10 @@ def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv
     s = cfg.summary
     batches = device_batches(subsample(split, s.sharpness_samples, cfg.data.seed), 256, env.device)
     count = sum(len(y) for _, y in batches)
+    root = zarr.open_group(store_path, mode="r+")
+    old = root.attrs.get("epsilon_sharpness") or {}
+    if (old.get("epsilon"), old.get("steps"), old.get("samples")) == (s.epsilon, s.epsilon_steps, count):
+        return  # already in the store (a resumed or repeated run)
 
     def mean_loss() -> torch.Tensor:
         return sum(F.cross_entropy(model(x).float(), y, reduction="sum") for x, y in batches) / count
@@ -274,7 +278,7 @@ def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv
     params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed)
-    zarr.open_group(store_path, mode="r+").attrs["epsilon_sharpness"] = {**result, "samples": count}
+    root.attrs["epsilon_sharpness"] = {**result, "samples": count}
 
 
 def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
