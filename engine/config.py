@@ -174,6 +174,8 @@ class EvalConfig:
             _check_choice("eval.rewrites", name, REWRITES)
         if self.points_per_pass is not None and self.points_per_pass < 1:
             raise UserError(f"eval.points_per_pass={self.points_per_pass} must be >= 1 (or null: chosen by timing)")
+        if self.recalibrate_samples < 1:
+            raise UserError(f"eval.recalibrate_samples={self.recalibrate_samples} must be >= 1")
         if self.memory_gb <= 0:
             raise UserError(f"eval.memory_gb={self.memory_gb} must be > 0")
         if self.samples is not None and self.samples < 1:
@@ -248,6 +250,14 @@ class SummaryConfig:
     epsilon: float | None = 1e-3  # Keskar et al.'s epsilon-sharpness box size (None: not computed)
     epsilon_steps: int = 20  # projected gradient ascent steps of epsilon-sharpness
     sharpness_samples: int | None = 512  # eval samples epsilon-sharpness is computed on (None: all)
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise UserError(f"summary.epsilon={self.epsilon} must be > 0 (or null: no epsilon-sharpness)")
+        if self.epsilon_steps < 1 or self.sharpness_radius <= 0:
+            raise UserError("summary.epsilon_steps must be >= 1 and summary.sharpness_radius > 0")
+        if self.sharpness_samples is not None and self.sharpness_samples < 1:
+            raise UserError(f"summary.sharpness_samples={self.sharpness_samples} must be >= 1 (or null: all)")
 
 
 @dataclass

@@ -47,6 +47,10 @@ BAD = [
     (["model.name=vgg7"], "unknown model name 'vgg7'"),
     (["grid.nope=1"], "Key 'nope' not in 'GridConfig'"),
     (["eval.samples=many"], "eval.samples"),
+    (["summary.epsilon=0"], "summary.epsilon=0.0 must be > 0"),
+    (["hessian.steps=2", "hessian.top_k=5"], "hessian.steps=2 must be >= hessian.top_k=5"),
+    (["direction=interpolation", "direction.checkpoints=[]"], "needs direction.checkpoints=[B]"),
+    (["direction.kind=sideways"], "direction.kind='sideways' is not one of"),
 ]
 
 
