@@ -51,6 +51,8 @@ from engine.sweep import Work, pending_work, sweep_tiles
 from engine.train import train_model
 from engine.vectorized import PointRunner, choose_k, make_evaluator, points_per_pass
 
+DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
+
 
 @dataclass
 class RunResult:
@@ -180,10 +182,6 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     fingerprint = state_fingerprint(model)
     check_same(env, "model weights (fingerprints)", fingerprint)
     check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
-    batch_size = e.batch_size or broadcast_value(
-        env, on_main(env, lambda: choose_batch_size(model, subsample(split, 4096), env.device, e.precision)))
-    logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
-    batches = eval_batches(split, batch_size, env.device, e.cache, e.memory_gb)
     store_path = Path(cfg.store.path) if cfg.store.path else run_dir / "landscape.zarr"
     metrics = METRICS + (CURVATURE_METRICS if h.curvature else ())
     if made.trajectory is not None:
@@ -218,6 +216,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
         tune_on = plan if pending_work(levels, root) else None  # nothing pending: no timing either
+        batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
+            model, subsample(split, 4096), env.device, e.precision))) if tune_on is not None else DEFAULT_BATCH)
+        logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
+        batches = eval_batches(split, batch_size, env.device, e.cache, e.memory_gb)
         recalibrate = None
         if e.recalibrate_bn:
             train = subsample(data.train, e.recalibrate_samples, cfg.data.seed)
