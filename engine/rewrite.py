@@ -87,7 +87,7 @@ class InputLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.theta = theta  # {"weight": ..., "bias": ...} at theta*
-        self.directions = directions  # per direction {"weight": ..., "bias": ...}; missing = zero
+        self.directions = directions  # per direction {"weight": ..., "bias": ...} (bias only if the layer has one)
         self.budget_bytes = budget_bytes
         self.coords: tuple[float, ...] | None = None
         self._key: tuple | None = None
@@ -119,10 +119,7 @@ class InputLayer(nn.Module):
         if self._inputs.get(key) is not x or not self.enabled:
             return None
         out = [self._apply_layer(h, self.theta["weight"], self.theta.get("bias"))]
-        for d in self.directions:
-            weight = d.get("weight")
-            out.append(self._apply_layer(h, weight if weight is not None else torch.zeros_like(self.theta["weight"]),
-                                         d.get("bias")))
+        out += [self._apply_layer(h, d["weight"], d.get("bias")) for d in self.directions]  # weight: always perturbed
         size = sum(p.numel() * p.element_size() for p in out)
         if self._bytes + size > self.budget_bytes:
             log.info("input-layer products over the memory budget (%.0f MB); layer computed per point",
