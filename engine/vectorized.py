@@ -56,7 +56,7 @@ class PointsEvaluator:
             with autocast(x.device, self.precision):
                 logits = self._call(params, x.contiguous())  # vmap lacks channels_last rules (as_strided_)
             per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
-            loss += per.view(k, -1).sum(1).double()
+            loss += per.view(k, -1).sum(1, dtype=torch.float64)
             correct += (logits.argmax(-1) == y).sum(1)
         return {"loss": (loss / self.count).cpu().numpy(), "accuracy": (correct.double() / self.count).cpu().numpy()}
 
