@@ -14,6 +14,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.evaluate import Batches
+from engine.onednn import safe_autograd
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AllReduce = Callable[[torch.Tensor], None]
@@ -81,7 +82,7 @@ class HessianOperator:
         pieces = [u.view_as(p) for u, p in zip(v.split(self.numels), self.params)]
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         count = 0
-        with torch.enable_grad():
+        with torch.enable_grad(), safe_autograd(self.params):
             for grads, n in self._gradients():
                 dot = sum((g * u).sum() for g, u in zip(grads, pieces))
                 if isinstance(dot, torch.Tensor) and dot.requires_grad:
@@ -112,7 +113,7 @@ class HessianOperator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), safe_autograd(self.params):
                 for x, y in self.batches:
                     loss = self.loss_fn(self.model(x), y)
                     grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)

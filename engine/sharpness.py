@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.onednn import safe_autograd
 
 _RADIUS_RTOL = 1e-9  # grid coordinates like 0.5000000001 from linspace still count as within radius 0.5
 
@@ -60,7 +61,7 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Te
 
         for _ in range(steps):
             move_to(deltas)
-            with torch.enable_grad():
+            with torch.enable_grad(), safe_autograd(params):
                 loss = loss_fn()
                 value = _scalar(loss)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
