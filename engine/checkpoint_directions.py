@@ -16,7 +16,14 @@ from torch import nn
 
 from engine.config import DirectionConfig
 from engine.errors import UserError
-from engine.trajectory import interpolation_direction, list_checkpoints, load_state, plane_through, trajectory_pca
+from engine.trajectory import (
+    State,
+    interpolation_direction,
+    list_checkpoints,
+    load_state,
+    plane_through,
+    trajectory_pca,
+)
 
 KINDS = ("interpolation", "plane", "pca")
 
@@ -34,9 +41,18 @@ class CheckpointDirections:
 
 
 def checkpoint_directions(d: DirectionConfig, model: nn.Module, names: list[str], theta: list[torch.Tensor],
-                          run_dir: Path, ndim: int) -> CheckpointDirections:
-    """Build the configured kind's directions over the perturbed tensors (names, theta at theta*)."""
-    a = {n: t.detach().cpu() for n, t in zip(names, theta)}
+                          run_dir: Path, ndim: int, logged: list[bool] | None = None) -> CheckpointDirections:
+    """Build the configured kind's directions over the perturbed tensors (names, theta at theta*).
+
+    With direction.over=states the BatchNorm statistics are part of every model, so each marked model is met with its
+    own statistics too; `logged` tensors (running variances) are taken in log space, as the Perturber moves them.
+    """
+    in_log = {n for n, m in zip(names, logged or []) if m}
+
+    def coordinates(state: State) -> State:
+        return {n: (t.log() if n in in_log else t) for n, t in state.items()}
+
+    a = coordinates({n: t.detach().cpu() for n, t in zip(names, theta)})
 
     def on_device(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [x.to(t.device, t.dtype) for x, t in zip(tensors, theta)]
@@ -46,20 +62,20 @@ def checkpoint_directions(d: DirectionConfig, model: nn.Module, names: list[str]
             raise UserError("direction=interpolation is a 1D sweep: use grid=line (e.g. grid.resolution=[41] "
                             "grid.x=[-0.5,1.5] to extrapolate beyond both models)")
         b = load_state(d.checkpoints[0], model)
-        direction = on_device(interpolation_direction(names, a, b))
+        direction = on_device(interpolation_direction(names, a, coordinates(b)))
         return CheckpointDirections([direction], end=on_device([b[n] for n in names]),
                                     markers={"A": [0.0], "B": [1.0]}, axis_labels=["A (0) to B (1)", ""])
     if ndim != 2:
         raise UserError(f"direction={d.kind} spans a plane: use grid=plane (grid.resolution=[nx,ny])")
     if d.kind == "plane":
-        b, c = (load_state(path, model) for path in d.checkpoints)
+        b, c = (coordinates(load_state(path, model)) for path in d.checkpoints)
         basis, coords = plane_through(names, a, b, c)
         return CheckpointDirections([on_device(v) for v in basis],
                                     markers={k: [float(x) for x in v] for k, v in coords.items()},
                                     axis_labels=["e1 (along B - A)", "e2"])
     folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
     files = list_checkpoints(folder)
-    result = trajectory_pca(names, lambda i: load_state(files[i], model), len(files), a, where=str(folder))
+    result = trajectory_pca(names, lambda i: coordinates(load_state(files[i], model)), len(files), a, where=str(folder))
     labels = [f"PC{k + 1} ({result.explained[k]:.1%} of the variance)" for k in range(2)]
     return CheckpointDirections([on_device(v) for v in result.directions], markers={"final": [0.0, 0.0]},
                                 axis_labels=labels, trajectory=np.asarray(result.coords, dtype=np.float64),

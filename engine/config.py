@@ -94,7 +94,9 @@ class DirectionConfig:
     kind: str = "random"
     norm: str = "filter"  # filter | layer | none
     ignore: str = "biasbn"  # biasbn: zero the direction on rank-1 tensors | none: normalize them whole
-    over: str = "weights"  # weights: parameters | states: parameters and BatchNorm running statistics
+    # weights: parameters | states: parameters and BatchNorm running statistics (variances move in log space, so they
+    # stay positive); direction=interpolation and direction=plane default to states, so each model keeps its own
+    over: str = "weights"
     seed: int = 123  # seed of the random directions
     path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
     checkpoints: list[str] = field(default_factory=list)  # kind=interpolation: [B]; kind=plane: [B, C]

@@ -3,6 +3,9 @@
 A direction is a list of tensors aligned with `perturbed_tensors(model, over)`. Filter normalization
 (Li et al. 2018): each slice along dim 0 of a rank >= 2 tensor (a conv filter, a linear row) is rescaled
 to the norm of the same slice of theta*; rank-1 tensors are zeroed (ignore=biasbn) or rescaled whole.
+
+BatchNorm running variances (direction.over=states) move in log space: var = var* exp(sum_k c_k d_k), so they stay
+positive at every coordinate. Directions hold such a tensor's log-space entries ("coordinates" below).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.batchnorm import batchnorm_layers
 from engine.errors import UserError
 
 EPS = 1e-10
@@ -25,12 +29,32 @@ def perturbed_tensors(model: nn.Module, over: str) -> list[tuple[str, torch.Tens
     return named
 
 
-def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: str, ignore: str) -> list[torch.Tensor]:
-    """Rescale a raw direction against theta* by 'filter', 'layer' or 'none'; rank-1 tensors per `ignore`."""
+def log_space(model: nn.Module, names: list[str]) -> list[bool]:
+    """Which of the named perturbed tensors move in log space: the BatchNorm running variances."""
+    layers = {id(m) for m in batchnorm_layers(model)}
+    variances = {f"{prefix}.running_var" if prefix else "running_var"
+                 for prefix, m in model.named_modules() if id(m) in layers}
+    return [n in variances for n in names]
+
+
+def to_coordinates(tensors: list[torch.Tensor], logged: list[bool]) -> list[torch.Tensor]:
+    """The tensors as directions see them: the log of those that move in log space, the rest as they are."""
+    return [t.detach().log() if m else t.detach() for t, m in zip(tensors, logged)]
+
+
+def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: str, ignore: str,
+              logged: list[bool] | None = None) -> list[torch.Tensor]:
+    """Rescale a raw direction against theta* by 'filter', 'layer' or 'none'; rank-1 tensors per `ignore`.
+
+    A log-space tensor (logged) is scaled to unit root-mean-square under 'filter' and 'layer': at coordinate 1 each
+    variance changes by a factor of about e, the size of change filter normalization gives the weights.
+    """
     out = []
-    for d, w in zip(direction, theta):
+    for i, (d, w) in enumerate(zip(direction, theta)):
         if d.dim() <= 1 and ignore == "biasbn":
             out.append(torch.zeros_like(d))
+        elif logged is not None and logged[i] and norm != "none":
+            out.append(d * (d.numel() ** 0.5 / (d.norm() + EPS)))
         elif norm == "none":
             out.append(d.clone())
         elif norm == "filter" and d.dim() >= 2:
@@ -43,14 +67,14 @@ def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: st
 
 
 def random_directions(
-    theta: list[torch.Tensor], count: int, seed: int, norm: str, ignore: str
+    theta: list[torch.Tensor], count: int, seed: int, norm: str, ignore: str, logged: list[bool] | None = None
 ) -> list[list[torch.Tensor]]:
     """`count` seeded Gaussian directions, normalized; drawn on the CPU in float32 so every device agrees."""
     g = torch.Generator().manual_seed(seed)
     dirs = []
     for _ in range(count):
         raw = [torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, w.dtype) for w in theta]
-        dirs.append(normalize(raw, theta, norm, ignore))
+        dirs.append(normalize(raw, theta, norm, ignore, logged))
     return dirs
 
 

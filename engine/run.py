@@ -101,8 +101,9 @@ def make_runner(
     on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
+    logged = dirs.log_space(model, names)
     perturber = Perturber(tensors, directions, end, recalibrate,
-                          batchnorm_buffers(model) if recalibrate is not None else None)
+                          batchnorm_buffers(model) if recalibrate is not None else None, logged)
     theta = [t.detach() for t in tensors]
     in_place_only = end is not None or recalibrate is not None  # lerped points, per-point BN statistics
     on = set(e.rewrites)
@@ -118,7 +119,7 @@ def make_runner(
         if fast is not None:
             fast.register([x for x, _ in batches])
     evaluator = None if e.points_per_pass == 1 or in_place_only else make_evaluator(
-        model, names, theta, directions, batches, e.precision)
+        model, names, theta, directions, batches, e.precision, logged)
     runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
         k_max = points_per_pass(model, theta, batches, e.memory_gb)
@@ -159,6 +160,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     named = dirs.perturbed_tensors(model, cfg.direction.over)
     names, tensors = [n for n, _ in named], [t for _, t in named]
     theta = [t.detach() for t in tensors]
+    logged = dirs.log_space(model, names)  # BatchNorm running variances move in log space
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
     e, h, d = cfg.eval, cfg.hessian, cfg.direction
     if e.host_malloc and env.device.type == "cpu":
@@ -171,14 +173,15 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     hvp_batches = hessian_batches(split, h, cfg.data.seed, env.device) if needs_hessian else []
     made = CheckpointDirections([])
     if d.kind == "random":
-        directions = dirs.random_directions(theta, plan.ndim, d.seed, d.norm, d.ignore)
+        directions = dirs.random_directions(dirs.to_coordinates(theta, logged), plan.ndim, d.seed, d.norm, d.ignore,
+                                            logged)
     elif d.kind in CHECKPOINT_KINDS:  # the checkpoints' own geometry: no normalization
-        made = checkpoint_directions(d, model, names, theta, run_dir, plan.ndim)
+        made = checkpoint_directions(d, model, names, theta, run_dir, plan.ndim, logged)
         directions = made.directions
     else:
         raw = (hessian_directions(model, tensors, hvp_batches, h, env, plan.ndim) if d.kind == "hessian"
                else dirs.load_directions(d.path, names, theta, plan.ndim))
-        directions = [dirs.normalize(r, theta, d.norm, d.ignore) for r in raw]
+        directions = [dirs.normalize(r, dirs.to_coordinates(theta, logged), d.norm, d.ignore, logged) for r in raw]
     fingerprint = state_fingerprint(model)
     check_same(env, "model weights (fingerprints)", fingerprint)
     check_same(env, "directions (hashes)", tensors_hash([t for dk in directions for t in dk]))
@@ -194,6 +197,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     extra = {"markers": made.markers or {"theta*": [0.0] * plan.ndim}, "axis_labels": made.axis_labels}
     if made.explained is not None:
         extra["explained_variance"] = made.explained
+    if any(logged):
+        extra["log_space"] = [n for n, m in zip(names, logged) if m]
     arrays = {"trajectory/coords": made.trajectory} if made.trajectory is not None else {}
     spec = StoreSpec(resolved, levels, names, [tuple(t.shape) for t in tensors], directions, fingerprint, metrics,
                      extra, arrays)

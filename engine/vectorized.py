@@ -28,21 +28,27 @@ class PointsEvaluator:
 
     def __init__(
         self, model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-        batches: Batches, precision: str = "fp32",
+        batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
     ) -> None:
         self.model = model.eval()
+        self.logged = {n for n, m in zip(names, logged or []) if m}  # exp(log theta* + c @ d): BN variances
         self.precision = precision
         self.batches = batches
         self.count = sum(len(y) for _, y in batches)  # type: ignore[arg-type]
         # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
         self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
+        for n in self.logged:
+            self.theta[n] = self.theta[n].log()
         self.dirs = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
         self._call = torch.vmap(lambda params, x: functional_call(self.model, params, (x,)), in_dims=(0, None))
 
     def stacked(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{name: [K, *shape]} = theta* + coords @ directions, for every perturbed tensor."""
-        return {n: self.theta[n] + torch.tensordot(coords.to(t.dtype), self.dirs[n], dims=1)
-                for n, t in self.theta.items()}
+        """{name: [K, *shape]} = theta* + coords @ directions, for every perturbed tensor (exp'd in log space)."""
+        out = {n: self.theta[n] + torch.tensordot(coords.to(t.dtype), self.dirs[n], dims=1)
+               for n, t in self.theta.items()}
+        for n in self.logged:
+            out[n].exp_()
+        return out
 
     @torch.inference_mode()
     def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
@@ -89,13 +95,13 @@ def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: Batche
 
 def make_evaluator(
     model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-    batches: Batches, precision: str = "fp32",
+    batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
 ) -> PointsEvaluator | None:
     """A PointsEvaluator if this model runs under vmap and agrees with a plain call, else None (reason logged)."""
     try:
-        ev = PointsEvaluator(model, names, theta, directions, batches, precision)
+        ev = PointsEvaluator(model, names, theta, directions, batches, precision, logged)
         probe = [(batches[0][0][:2], batches[0][1][:2])]
-        ev_probe = PointsEvaluator(model, names, theta, directions, probe)
+        ev_probe = PointsEvaluator(model, names, theta, directions, probe, logged=logged)
         got = ev_probe.evaluate(np.zeros((2, len(directions))))["loss"]
         with torch.inference_mode():
             want = F.cross_entropy(model(probe[0][0]).float(), probe[0][1]).item()

@@ -1,7 +1,7 @@
 """Directions from checkpoints through the whole run.
 
-- Interpolation endpoints equal each model's own numbers exactly, with BatchNorm statistics interpolated.
-- The plane through three models puts each at its stored coordinates.
+- Interpolation endpoints equal each model's own numbers exactly, with BatchNorm statistics interpolated (the default).
+- The plane through three models puts each, with its own BatchNorm statistics, at its stored coordinates.
 - The PCA plane of the run's own trajectory is stored with its projection.
 - BatchNorm recalibration recomputes the statistics and restores them afterwards.
 - The sharpness numbers land in summary.json.
@@ -21,7 +21,7 @@ import torch
 
 from engine.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.data import Split, device_batches, load_data, subsample
-from engine.directions import perturbed_tensors
+from engine.directions import log_space, perturbed_tensors
 from engine.evaluate import evaluate
 from engine.models import CifarResNet, build_model, load_checkpoint
 from engine.perturb import Perturber
@@ -42,22 +42,28 @@ def trained(tmp_path_factory):
     return out, out / "base" / "checkpoints"
 
 
+def _eval_batches(cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The run's eval batches (channels_last, eval.batch_size)."""
+    data = load_data(cfg.data)
+    split = subsample(data.test, cfg.eval.samples, cfg.data.seed)
+    split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+    return device_batches(split, cfg.eval.batch_size, torch.device("cpu"))
+
+
 def _own_numbers(cfg, checkpoint) -> dict[str, float]:
     """A model's own loss and accuracy, evaluated as a run does (channels_last, eval batches of 32)."""
     data = load_data(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     load_checkpoint(model, checkpoint)
     model = model.eval().to(memory_format=torch.channels_last)
-    split = subsample(data.test, cfg.eval.samples, cfg.data.seed)
-    split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
-    return evaluate(model, device_batches(split, cfg.eval.batch_size, torch.device("cpu")))
+    return evaluate(model, _eval_batches(cfg))
 
 
 def test_interpolation_endpoints_are_the_models_own_numbers(trained):
     out, ckpt = trained
     a, b = ckpt / "epoch_001.pt", ckpt / "final.pt"
     cfg, resolved = make_cfg(out, *LINE, "name=interp", f"model.checkpoint={a}", "direction=interpolation",
-                             f"direction.checkpoints=[{b}]", "direction.over=states", "eval.rewrites=[]")
+                             f"direction.checkpoints=[{b}]", "eval.rewrites=[]")  # the default over=states
     result = run_landscape(cfg, resolved, log=False)
     surface = read_surface(result.store)
     np.testing.assert_array_equal(surface.coords[0], [-0.5, 0.0, 0.5, 1.0, 1.5])
@@ -70,8 +76,7 @@ def test_interpolation_endpoints_are_the_models_own_numbers(trained):
     summary = json.loads((out / "interp" / "summary.json").read_text())
     assert summary["sharpness"]["epsilon"]["sharpness"] >= 0 and summary["sharpness"]["surface"] is not None
     fast_cfg, fast_resolved = make_cfg(out, *LINE, "name=interp_fast", f"model.checkpoint={a}",
-                                       "direction=interpolation", f"direction.checkpoints=[{b}]",
-                                       "direction.over=states")
+                                       "direction=interpolation", f"direction.checkpoints=[{b}]")
     fast = read_surface(run_landscape(fast_cfg, fast_resolved, log=False).store)  # the graph rewrites on
     np.testing.assert_allclose(fast.metrics["loss"], surface.metrics["loss"], rtol=1e-5)
 
@@ -87,15 +92,20 @@ def test_plane_through_three_models_puts_each_at_its_coordinates(trained):
     data = load_data(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     load_checkpoint(model, a)
-    names, tensors = zip(*perturbed_tensors(model, "weights"))
+    names, tensors = zip(*perturbed_tensors(model, "states"))  # the default: BatchNorm statistics too
     stored = read_directions(result.store)
-    perturber = Perturber(list(tensors), [[d[n] for n in names] for d in stored])
+    assert set(stored[0]) == set(names)
+    logged = log_space(model, list(names))
+    perturber = Perturber(list(tensors), [[d[n] for n in names] for d in stored], logged=logged)
+    model.eval().to(memory_format=torch.channels_last)
     for name, path in (("B", b), ("C", c)):
         target = torch.load(path, weights_only=True)["state_dict"]
         with perturber.active():
             perturber.set(tuple(markers[name]))
-            worst = max((t - target[n]).abs().max().item() for n, t in zip(names, tensors))
-        assert worst < 1e-5, f"{name} is not at its stored coordinates ({worst})"
+            worst = max(((t - target[n]).abs() / (target[n].abs() + 1e-3)).max().item() for n, t in zip(names, tensors))
+            here = evaluate(model, _eval_batches(cfg))
+        assert worst < 1e-4, f"{name} is not at its stored coordinates ({worst})"
+        assert here["loss"] == pytest.approx(_own_numbers(cfg, path)["loss"], rel=1e-5), name
 
 
 def test_pca_of_the_run_trajectory(trained):

@@ -1,13 +1,26 @@
-"""Directions: filter/layer normalization, ignored tensors, seeding, the 'states' set, loading from files."""
+"""Directions: filter/layer normalization, ignored tensors, seeding, the 'states' set (BatchNorm variances in log
+space, positive everywhere), loading from files."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from engine.directions import load_directions, normalize, perturbed_tensors, random_directions
+from engine.directions import (
+    load_directions,
+    log_space,
+    normalize,
+    perturbed_tensors,
+    random_directions,
+    to_coordinates,
+)
 from engine.errors import UserError
 from engine.models import CifarResNet
+from engine.perturb import Perturber
+from engine.run import run_landscape
+from engine.store import read_surface
+from tests.conftest import make_cfg
 
 
 @pytest.fixture
@@ -83,3 +96,36 @@ def test_load_directions_from_pt_file(net, tmp_path):
     o_names, o_theta = _theta(other)
     with pytest.raises(UserError, match="another model"):
         load_directions(path, o_names, o_theta, 2)
+
+
+def test_states_directions_keep_variances_positive_and_theta_star_exact(net):
+    names, live = _theta(net, "states")
+    theta = [t.clone() for t in live]
+    logged = log_space(net, names)
+    assert [n for n, m in zip(names, logged) if m] == [n for n in names if n.endswith("running_var")]
+    dirs = random_directions(to_coordinates(theta, logged), 2, 0, "filter", "none", logged)
+    for d, m in zip(dirs[0], logged):
+        if m:  # unit root-mean-square in log space: a factor of about e at coordinate 1
+            assert d.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    tensors = [t for _, t in perturbed_tensors(net, "states")]
+    perturber = Perturber(tensors, dirs, logged=logged)
+    with perturber.active():
+        for point in ((-1.0, -1.0), (1.0, -1.0), (-3.0, 2.5)):
+            perturber.set(point)
+            for t, d0, d1, th, m in zip(tensors, dirs[0], dirs[1], theta, logged):
+                if m:
+                    assert (t > 0).all()
+                    torch.testing.assert_close(t, th * torch.exp(point[0] * d0 + point[1] * d1))
+        perturber.set((0.0, 0.0))
+        assert all(torch.equal(t, th) for t, th in zip(tensors, theta))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_states_sweep_over_the_unit_square_is_finite(tmp_path, k):
+    """Li et al.'s states directions with BatchNorm statistics normalized (ignore=none): finite everywhere, in place
+    and under vmap (a variance direction added linearly made the variance negative at |coordinate| ~ 1)."""
+    cfg, resolved = make_cfg(tmp_path, "direction.over=states", "direction.ignore=none", "summary.epsilon=null",
+                             f"eval.points_per_pass={k}", "grid.x=[-1,1]", "grid.y=[-1,1]")
+    surface = read_surface(run_landscape(cfg, resolved, log=False).store)
+    assert surface.done.all() and np.isfinite(surface.metrics["loss"]).all()
+    assert surface.attrs["log_space"] and all(n.endswith("running_var") for n in surface.attrs["log_space"])
