@@ -283,3 +283,39 @@ def test_top_eigenpairs_tol_flags_too_few_steps():
         top_eigenpairs(op, k=2, steps=5, tol=1e-8)
     values, _ = top_eigenpairs(op, k=2, steps=n, tol=1e-8)
     np.testing.assert_allclose(values.numpy(), [1.0, 1.0 - 1.0 / (n - 1)], rtol=1e-10)
+
+
+STEPS = 100
+
+
+def _trained_mlp_problem() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """An MLP trained (float64, Adam) to a small loss (~5e-3) on its samples, as a trained network is: near a
+    minimum the Hessian's eigenvalues are small and rounding matters most."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x = torch.randn(60, 6, dtype=torch.float64)
+    y = (x[:, :3] * torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)).argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model, [(x[:25], y[:25]), (x[25:], y[25:])]
+
+
+def test_float32_products_near_a_minimum_match_the_exact_float64_hessian():
+    model, batches = _trained_mlp_problem()
+    with torch.no_grad():
+        loss = sum(F.cross_entropy(model(x), y, reduction="sum") for x, y in batches).item() / 60
+    assert 1e-3 < loss < 0.01, f"not near a minimum: loss {loss}"
+    exact = _exact_hessian(model, batches)
+    top = float(torch.linalg.eigvalsh(exact)[-1])
+    single = [(x.float(), y) for x, y in batches]
+    op = HessianOperator(model.float(), list(model.parameters()), single, keep_graph=True)
+    for seed in range(3):
+        v = torch.randn(op.size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        got = op.matvec(v).double()
+        assert (got - exact @ v).norm() <= 1e-4 * (exact @ v).norm()
+    values, _ = top_eigenpairs(op, k=1, seed=0)
+    assert float(values[0]) == pytest.approx(top, rel=1e-4)
