@@ -1,6 +1,7 @@
 """Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
 `landscape-plot STORE` (redraw from a store) and `landscape-spectrum` (Hessian spectra at theta*, no sweep).
-Bad input ends in one line on stderr and exit code 2.
+Bad input ends in one line on stderr and exit code 2; config mistakes are caught before Hydra starts a job
+(engine/config_check.py), so a refused command leaves its run folder as it was.
 
 Run: landscape [hydra overrides, e.g. model=resnet20 data=synthetic grid.resolution=[31,31]]
 """
@@ -18,15 +19,20 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from engine.config import PlotConfig, RunConfig, register_configs
+from engine.config_check import check_command_line, check_keys
+from engine.config_record import hydra_job
 from engine.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
-    """Resolve and check a Hydra config: the typed RunConfig (its __post_init__ checks run) and a plain dict."""
+    """Resolve and check a Hydra config: the typed RunConfig (its __post_init__ checks run) and a plain dict;
+    a key that is no dataclass field (added with `+`) is refused too."""
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(resolved, dict):
+            check_keys(resolved)
         run_cfg = OmegaConf.to_object(cfg)
     except UserError:
         raise
@@ -51,6 +57,15 @@ def guarded(fn: Callable[[], Any]) -> Any:
         destroy_distributed()
 
 
+def check_argv() -> None:
+    """Check the command line's overrides before hydra.main runs: one line and exit code 2 on a mistake."""
+    try:
+        check_command_line(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _exit_on_sigterm() -> None:
     """Turn SIGTERM (torchrun stopping the other ranks, SLURM preemption) into a clean exit that releases
     the store lease; submitit installs its own handlers inside its jobs, so this is for the CLI only."""
@@ -63,7 +78,8 @@ def _landscape(cfg: DictConfig) -> None:
 
     def go() -> None:
         run_cfg, resolved = to_run_config(cfg)
-        run_landscape(run_cfg, resolved)
+        with hydra_job(cfg):  # run_landscape writes .hydra/ once the store accepted this config
+            run_landscape(run_cfg, resolved)
 
     guarded(go)
 
@@ -89,6 +105,7 @@ def _spectrum(cfg: DictConfig) -> None:
 def main() -> None:
     """`landscape`: the whole flow for one Hydra config (or several with -m)."""
     register_configs()
+    check_argv()
     _exit_on_sigterm()
     _landscape()
 
@@ -96,12 +113,14 @@ def main() -> None:
 def train_main() -> None:
     """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
     register_configs()
+    check_argv()
     _train()
 
 
 def spectrum_main() -> None:
     """`landscape-spectrum`: the Hessian spectra at theta* (top-k eigenpairs, traces, SLQ density), no sweep."""
     register_configs()
+    check_argv()
     _exit_on_sigterm()
     _spectrum()
 

@@ -1,7 +1,7 @@
 """Typed configuration of a sweep: one dataclass per Hydra config group, checked in __post_init__.
 
 YAML files under conf/ only choose between values; every key and type is fixed here, so an unknown
-key or a wrong type fails in Hydra with one message naming the key.
+key (one added with `+` too) or a wrong type fails with one line naming the key (engine/config_check.py).
 """
 
 from __future__ import annotations

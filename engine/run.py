@@ -25,6 +25,7 @@ from engine.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.checkpoint_directions import KINDS as CHECKPOINT_KINDS
 from engine.checkpoint_directions import CheckpointDirections, checkpoint_directions
 from engine.config import HessianConfig, PlotConfig, RunConfig
+from engine.config_record import write_config_record
 from engine.data import DataBundle, Split, choose_batch_size, device_batches, eval_batches, load_data, subsample
 from engine.dist import DistEnv, barrier, broadcast_value, check_same, init_distributed, on_main, tensors_hash
 from engine.evaluate import METRICS
@@ -213,6 +214,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
             lease.release()
             raise
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        write_config_record(run_dir)  # .hydra/ of a CLI job, now that the store accepted this config
 
     on_main(env, create)
     try:
