@@ -157,15 +157,12 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     plan = levels[""]
     data = load_data(cfg.data)
     model = prepare_model(cfg, data, env, log=log and env.is_main)
-    rank_log(run_dir, env)
     named = dirs.perturbed_tensors(model, cfg.direction.over)
     names, tensors = [n for n, _ in named], [t for _, t in named]
     theta = [t.detach() for t in tensors]
     logged = dirs.log_space(model, names)  # BatchNorm running variances move in log space
     split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
     e, h, d = cfg.eval, cfg.hessian, cfg.direction
-    if e.host_malloc and env.device.type == "cpu":
-        keep_freed_memory()
     channels_last = e.channels_last if e.channels_last is not None else split.x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -219,6 +216,9 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
     on_main(env, create)
     try:
         barrier()
+        rank_log(run_dir, env)  # only once the store accepted this config: a refused rerun leaves the folder as it was
+        if e.host_malloc and env.device.type == "cpu":
+            keep_freed_memory()
         root = zarr.open_group(store_path, mode="r+")
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store_path}")
