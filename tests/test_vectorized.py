@@ -17,7 +17,9 @@ from engine.store import read_surface
 from engine.vectorized import make_evaluator
 from tests.conftest import make_cfg
 
-GRID = ["grid.resolution=[7,4]", "grid.tile=[3,3]", "grid.y=[-0.5,0.7]"]
+# 70 eval samples in batches of 32: a short last batch, so a mean of per-batch means cannot pass for the mean
+GRID = ["grid.resolution=[7,4]", "grid.tile=[3,3]", "grid.y=[-0.5,0.7]", "eval.samples=70",
+        "summary.epsilon=null"]
 
 
 def _loss(tmp_path, name, *overrides):
@@ -35,8 +37,9 @@ def test_k_points_per_pass_match_in_place(model, tmp_path):
     loss1, acc1 = _loss(tmp_path, "k1", *model, "eval.points_per_pass=1")
     loss5, acc5 = _loss(tmp_path, "k5", *model, "eval.points_per_pass=5")
     np.testing.assert_allclose(loss5, loss1, rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(acc5, acc1, atol=1.0 / 64 + 1e-9)  # at most one flipped near-tie prediction
+    np.testing.assert_allclose(acc5, acc1, atol=1.0 / 70 + 1e-9)  # at most one flipped near-tie prediction
     assert np.isfinite(loss1).all() and loss1.shape == (7, 4)
+    assert "K=5" in (tmp_path / "k5" / "logs" / "rank0.log").read_text()  # the vmap path did run
 
 
 def test_auto_k_and_streamed_batches(tmp_path):
