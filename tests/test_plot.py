@@ -10,7 +10,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+import engine.plot
 from engine.plot import _grid, _prepare, draw_comparison, draw_surfaces
 
 X = np.linspace(-1.0, 1.0, 9)
@@ -38,6 +40,20 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
         monkeypatch.setattr(Axes, name, spy)
     return calls
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
+    """Record every figure handed to _save, by file stem (the Figure stays inspectable after it is closed)."""
+    seen: dict[str, Figure] = {}
+    original = engine.plot._save
+
+    def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
+        seen[stem] = fig
+        return original(fig, out_dir, stem, formats)
+
+    monkeypatch.setattr(engine.plot, "_save", spy)
+    return seen
 
 
 def names(paths: list[Path]) -> set[str]:
@@ -70,6 +86,38 @@ def test_1d_writes_line_and_one_line_per_other_metric(tmp_path: Path) -> None:
         assert path.stat().st_size > 0
     height, width = mpimg.imread(tmp_path / "line.png").shape[:2]
     assert height > 100 and width > 100
+    assert plt.get_fignums() == []
+
+
+MARK = (X[7], Y[1])  # (0.75, -1/6): off-centre, x != y, on a grid node (the 3D star sits on that node's value)
+PATH = np.array([[-0.9, 1.3], [-0.4, 0.6], [0.3, 0.1], MARK])  # asymmetric: drawn as (y, x) it would differ
+
+
+def test_markers_and_trajectory_are_drawn_where_they_are(tmp_path: Path, figures: dict[str, Figure]) -> None:
+    """An off-centre marker and an asymmetric trajectory land at (x, y), not (y, x), on every 2D figure; the 3D
+    star sits at its own node's value; a 1D marker's line stands at its x."""
+    loss = bowl()
+    draw_surfaces([X, Y], {"loss": loss, "accuracy": 1 - loss / loss.max()}, tmp_path, formats=["png"],
+                  markers={"theta*": (0.0, 0.0), "B": MARK}, path=PATH)
+    for stem in ("contour", "contourf", "heatmap", "accuracy_heatmap"):
+        ax = figures[stem].axes[0]
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        np.testing.assert_allclose(lines["trajectory"].get_xdata(), PATH[:, 0])
+        np.testing.assert_allclose(lines["trajectory"].get_ydata(), PATH[:, 1])
+        np.testing.assert_allclose([*lines["B"].get_xdata(), *lines["B"].get_ydata()], MARK)
+        (note,) = [t for t in ax.texts if t.get_text() == "B"]
+        np.testing.assert_allclose(note.xy, MARK)
+    ax = figures["surface3d"].axes[0]
+    assert not ax.get_lines()  # no trajectory over the 3D surface
+    stars = [c for c in ax.collections if hasattr(c, "_offsets3d")]  # scatter(): one per marker, in order
+    assert len(stars) == 2
+    node_value = _grid(loss)[1, 7]
+    np.testing.assert_allclose(np.ravel(stars[1]._offsets3d), [*MARK, node_value])
+    (note,) = [t for t in ax.texts if t.get_text() == " B"]
+    np.testing.assert_allclose(note.get_position_3d(), [*MARK, node_value])
+    draw_surfaces([X], {"loss": X**2}, tmp_path / "line", formats=["png"], markers={"B": (MARK[0],)})
+    (line,) = [line for line in figures["line"].axes[0].get_lines() if line.get_label() == "B"]
+    np.testing.assert_allclose(line.get_xdata(), [MARK[0], MARK[0]])
     assert plt.get_fignums() == []
 
 

@@ -141,6 +141,26 @@ def test_curvature_maps_2d_figures_orientation_and_norms(tmp_path: Path, figures
     assert plt.get_fignums() == []
 
 
+def test_curvature_maps_draw_markers_where_they_are(tmp_path: Path, figures: dict[str, Figure]) -> None:
+    """An off-centre marker lands at (x, y), not (y, x), on each 2D map, and at its x on both 1D panels."""
+    f = fields()
+    mark = (X[7], Y[1])  # (0.75, -1/6): off-centre, x != y
+    draw_curvature_maps((X, Y), f["loss"], f["lambda_max"], f["lambda_min"], f["ratio"], tmp_path, formats=["png"],
+                        markers={"theta*": (0.0, 0.0), "B": mark})
+    for stem in ("hessian_ratio", "hessian_lambda_max", "hessian_lambda_min"):
+        ax = figures[stem].axes[0]
+        (line,) = [line for line in ax.get_lines() if line.get_label() == "B"]
+        np.testing.assert_allclose([*line.get_xdata(), *line.get_ydata()], mark)
+        (note,) = [t for t in ax.texts if t.get_text() == "B"]
+        np.testing.assert_allclose(note.xy, mark)
+    draw_curvature_maps((X,), X**2, 2.0 + X, X - 0.2, (X - 0.2) / (2.0 + X), tmp_path / "line", formats=["png"],
+                        markers={"B": (mark[0],)})
+    for ax in figures["hessian_curvature_1d"].axes[:2]:  # loss panel, eigenvalue panel
+        (line,) = [line for line in ax.get_lines() if line.get_label() == "B"]
+        np.testing.assert_allclose(line.get_xdata(), [mark[0], mark[0]])
+    assert plt.get_fignums() == []
+
+
 def test_curvature_maps_survive_nan_tiles_inf_and_constant_loss(tmp_path: Path, figures: dict[str, Figure]) -> None:
     f = fields()
     for name in ("lambda_max", "lambda_min", "ratio"):
