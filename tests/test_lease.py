@@ -1,0 +1,92 @@
+"""The store lease (`<store>.lease`) of a job that cannot release it: a run killed with SIGKILL leaves its lease
+behind and the rerun takes it over and completes the store exactly; a live holder's lease older than its ttl is
+taken over, one within its ttl is refused in one line naming the holder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.run import run_landscape
+from engine.store import read_surface
+from tests.conftest import TINY, assert_same_store, make_cfg
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: stores compare bitwise
+GRID = ["grid.resolution=[24,24]", "grid.preview=4", "summary.epsilon=null"]  # 36 + 4 tiles: seconds of sweeping
+
+
+def landscape(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """The `landscape` command in a subprocess (one process, no torchrun), not waited for."""
+    return subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, *args],
+                            cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    """Wait for a run and require success."""
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+
+
+def test_killed_run_leaves_its_lease_and_the_rerun_takes_it_over(trained_run, tmp_path):
+    """SIGKILL gives the lease no chance to be released; the holder's pid is dead on this host, so the rerun takes
+    the lease over, resumes, and ends with the numbers of an uninterrupted run."""
+    _, _, trained = trained_run
+    ckpt = f"model.checkpoint={trained.run_dir / 'checkpoints' / 'final.pt'}"
+    reference = landscape(ckpt, "name=whole", cwd=tmp_path)  # meanwhile, on the other core
+    killed = landscape(ckpt, "name=killed", cwd=tmp_path)
+    run = tmp_path / "runs" / "killed"
+    lease, log = run / "landscape.zarr.lease", run / "logs" / "rank0.log"
+    try:
+        deadline = time.time() + 240
+        while not (lease.exists() and log.exists() and re.search(r"tile \(", log.read_text())):  # mid-sweep
+            assert killed.poll() is None, f"the run ended before it could be killed: {killed.communicate()[0]}"
+            assert time.time() < deadline, "the run never started sweeping"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate(timeout=60)
+        assert killed.returncode == -signal.SIGKILL
+        holder = json.loads(lease.read_text())
+        assert holder["pid"] == killed.pid and holder["expires"] > time.time()  # left behind, not yet expired
+        assert not read_surface(run / "landscape.zarr").done.all()
+        finish(landscape(ckpt, "name=killed", cwd=tmp_path))
+        assert not lease.exists()
+        finish(reference)
+    finally:
+        for proc in (killed, reference):
+            if proc.returncode is None:
+                proc.kill()
+                proc.communicate()
+    assert_same_store(tmp_path / "runs" / "whole" / "landscape.zarr", run / "landscape.zarr")
+
+
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["other-host", "this-host-live-pid"])
+def test_live_holder_is_refused_within_ttl_and_taken_over_after(trained_run, tmp_path, elsewhere):
+    """A lease whose holder is alive (another host, or a live process here) keeps a second run out, in one line
+    naming the holder, until it has gone unrenewed for ttl; then the run takes it over and completes."""
+    _, _, trained = trained_run
+    cfg, resolved = make_cfg(tmp_path, "name=held", f"model.checkpoint={trained.run_dir / 'checkpoints' / 'final.pt'}",
+                             "summary.epsilon=null")
+    store = tmp_path / "held" / "landscape.zarr"
+    lease = store.with_name("landscape.zarr.lease")
+    host, pid = ("node-elsewhere", 4242) if elsewhere else (socket.gethostname(), os.getppid())
+    held = {"holder": f"{host}:{pid}", "pid": pid, "host": host}
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({**held, "expires": time.time() + 60}))  # renewed moments ago
+    with pytest.raises(UserError) as refused:
+        run_landscape(cfg, resolved, log=False)
+    message = str(refused.value)
+    assert "\n" not in message and f"is being written by {host}:{pid}" in message, message
+    assert json.loads(lease.read_text())["holder"] == held["holder"] and not store.exists()
+    lease.write_text(json.dumps({**held, "expires": time.time() - 1}))  # not renewed for longer than ttl
+    result = run_landscape(cfg, resolved, log=False)
+    assert read_surface(result.store).done.all() and not lease.exists()
