@@ -1,5 +1,6 @@
-"""Real gloo ranks through torchrun: N-rank stores equal the 1-process store exactly, a killed rank is
-survived by a rerun with identical numbers, and a second job on a live store is refused."""
+"""Real gloo ranks through torchrun: N-rank stores equal the 1-process store exactly, the timed batch size and K
+are rank 0's on every rank, a killed rank is survived by a rerun with identical numbers, and a second job on a
+live store is refused."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from engine.grid import PREVIEW
 from engine.store import read_surface
 from tests.conftest import TINY, assert_same_store, run_cli
 
@@ -52,6 +55,27 @@ def test_ranks_make_the_same_store_as_one_process(reference, nproc):
     claimed = [len(re.findall(r"tile \(", (run / "logs" / f).read_text())) for f in logs]
     assert sum(claimed) == 9 + 4  # every tile of both levels exactly once, across ranks
     assert (run / "summary.json").exists() and (run / "figures").is_dir() is False  # plot.enabled=false
+
+
+def test_timed_batch_size_and_k_are_rank_0s_on_every_rank(reference):
+    """eval.batch_size and eval.points_per_pass unset (the defaults): rank 0 times both and broadcasts its choice,
+    so both ranks log the same batch size and K, and the store they fill is complete and the 1-process surface."""
+    cwd, one = reference
+    done = torchrun(2, f"model.checkpoint={one / 'checkpoints' / 'final.pt'}", "name=timed", "eval.batch_size=null",
+                    "eval.points_per_pass=null", "summary.epsilon=null", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = cwd / "runs" / "timed"
+    chosen = []
+    for rank in range(2):
+        log = (run / "logs" / f"rank{rank}.log").read_text()
+        batch, k = re.findall(r"eval batch size (\d+)", log), re.findall(r"points per pass: K=(\d+)", log)
+        assert len(batch) == 1 and len(k) == 1, log
+        chosen.append((int(batch[0]), int(k[0])))
+    assert chosen[0] == chosen[1], f"rank 0 chose (batch size, K) = {chosen[0]}, rank 1 used {chosen[1]}"
+    for level in ("", PREVIEW):
+        timed, single = read_surface(run / "landscape.zarr", level), read_surface(one / "landscape.zarr", level)
+        assert timed.done.all()
+        np.testing.assert_allclose(timed.metrics["loss"], single.metrics["loss"], rtol=2e-5, atol=1e-6)
 
 
 def _wait_for(pattern: str, path: Path, proc: subprocess.Popen, timeout: float = 120) -> str:
