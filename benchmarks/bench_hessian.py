@@ -16,10 +16,20 @@ comparison, not a dependency of the engine), in one process, on the same model, 
 
 Both tools see the Hessian of the mean cross-entropy over ONE batch holding all samples, model in eval mode
 (PyHessian's `hessian(model, criterion, data=(x, y))` calls model.eval() itself; engine.hessian.HessianOperator
-gets the same single batch with its default summed loss divided by the count). Every PyHessian time includes
-building its `hessian` object (one forward and backward with create_graph, whose graph it then reuses for every
-Hessian-vector product); every engine time is the whole call, and the engine keeps each batch's gradient
-graph between products too (keep_graph=True, its default in runs: hessian.keep_graph). Each quantity is run
+gets the same single batch with its default summed loss divided by the count).
+
+Every timed call, of either tool, starts from the model and the batch alone. A PyHessian time includes building
+its `hessian` object (one forward and backward with create_graph, whose graph it then reuses for every
+Hessian-vector product); an engine time includes building a new HessianOperator, whose first product runs the
+same forward and graph-building backward, and which keeps that graph for the rest of the call (keep_graph=True,
+its default in runs: hessian.keep_graph). Building inside each timed call, rather than timing both warm, is the
+fair choice here: each row is one quantity from scratch, what a user asking for that quantity pays with either
+tool; the graph build is a real part of each tool's cost and differs between them (PyHessian's mean loss
+backward into .grad fields, the engine's summed loss through torch.autograd.grad), so timing warm would hide
+it; and timing PyHessian warm would mean reaching around its constructor. (A run's engine.spectra shares one
+operator across all its quantities, as one reused PyHessian object would; the per-row build then happens once.)
+Before any timing, one product through each tool, on an operator and an object that are then discarded, takes
+first-call costs (allocator, kernel choice) out of both. Each quantity is run
 R times (default 3), the two tools alternating which goes first, and the best time is printed (values come
 from the first round; all rounds use the same seeds). HVPs are counted, not
 estimated: ours by op.calls, PyHessian's by wrapping its module-level hessian_vector_product. For the MLP the
@@ -31,6 +41,9 @@ density is then rerun with torch.eig patched, for those calls only, to torch.lin
 tridiagonal in torch.eig's old (values [m, 2], vectors) layout; only the reruns are timed. PyHessian's
 `loss.backward(create_graph=True)` warning about a grad/parameter reference cycle is silenced: every PyHessian
 object here is built on .grad fields set to None and they are set to None again after it.
+
+On a machine busy with other CPU work, run with --threads 1: with more torch threads than free cores each product
+waits on descheduled threads, and per-product times then varied 20x within one run (2 threads, 2 shared cores).
 """
 
 from __future__ import annotations
@@ -216,12 +229,16 @@ def run_workload(w: Workload, repeats: int) -> None:
     x, y = w.make_data()
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
-    op = HessianOperator(model, params, [(x, y)], keep_graph=True)
     py = PyHessianRunner(model, x, y)
+
+    def fresh_operator() -> HessianOperator:
+        """A new operator on the batch: no gradient graph yet, its first product builds (and keeps) it."""
+        return HessianOperator(model, params, [(x, y)], keep_graph=True)
+
     print(f"\n== {w.name}: {w.title}; {n} parameters, one batch of {len(y)}, threads={torch.get_num_threads()} ==")
 
-    # warm-up: one product through each tool, so neither pays first-call costs in the timings
-    op.matvec(torch.ones(n))
+    # warm-up: one product through each tool (both then discarded), so neither pays first-call costs in the timings
+    fresh_operator().matvec(torch.ones(n))
     with py.session() as h:
         h.eigenvalues(maxIter=1, top_n=1)
 
@@ -234,10 +251,12 @@ def run_workload(w: Workload, repeats: int) -> None:
         print("exact: none for this workload (too many parameters for the full Hessian)")
     rows: list[Row] = []
 
-    def ours(fn: Callable[[], object]) -> Callable[[], tuple[object, int]]:
+    def ours(fn: Callable[[HessianOperator], object]) -> Callable[[], tuple[object, int]]:
+        """fn on an operator built inside the timed call (as PyHessian's object is), and the products it used."""
+
         def call() -> tuple[object, int]:
-            op.calls = 0
-            return fn(), op.calls
+            op = fresh_operator()
+            return fn(op), op.calls
 
         return call
 
@@ -248,7 +267,7 @@ def run_workload(w: Workload, repeats: int) -> None:
         return values[0], py.hvps
 
     (py_value, py_s, py_calls), (ours_top, ours_s, ours_calls) = race(
-        py_top, ours(lambda: top_eigenpairs(op, k=1, seed=SEED, rtol=1e-5)[0][0].item()), repeats)
+        py_top, ours(lambda op: top_eigenpairs(op, k=1, seed=SEED, rtol=1e-5)[0][0].item()), repeats)
     rows.append(Row("top eigenvalue", py_value, py_s, py_calls, ours_top, ours_s, ours_calls,
                     None if exact_eigs is None else float(exact_eigs[-1]),
                     "py: power iteration (largest |eigenvalue|); ours: Lanczos"))
@@ -260,12 +279,12 @@ def run_workload(w: Workload, repeats: int) -> None:
         return (float(np.mean(estimates)), len(estimates)), py.hvps
 
     ((py_value, py_samples), py_s, py_calls), ((hutch, stderr), ours_s, ours_calls) = race(
-        py_trace, ours(lambda: hutchinson_trace(op, TRACE_SAMPLES, seed=SEED)), repeats)
+        py_trace, ours(lambda op: hutchinson_trace(op, TRACE_SAMPLES, seed=SEED)), repeats)
     exact_trace = None if exact_eigs is None else float(exact_eigs.sum())
     rows.append(Row("trace (Hutchinson)", py_value, py_s, py_calls, hutch, ours_s, ours_calls, exact_trace,
                     f"py stopped at {py_samples} probes (its tol {TRACE_TOL} on the running mean); "
                     f"ours stderr {stderr:.3g}"))
-    _, (hpp, ours_s, ours_calls) = race(None, ours(lambda: hutchpp_trace(op, HUTCHPP_MATVECS, seed=SEED)), repeats)
+    _, (hpp, ours_s, ours_calls) = race(None, ours(lambda op: hutchpp_trace(op, HUTCHPP_MATVECS, seed=SEED)), repeats)
     rows.append(Row("trace (ours Hutch++)", None, None, None, hpp, ours_s, ours_calls, exact_trace,
                     "ratio vs py's Hutchinson row above: " + ratio(rows[-1].py_s, ours_s)))
 
@@ -275,7 +294,7 @@ def run_workload(w: Workload, repeats: int) -> None:
             eigen_list_full, weight_list_full = h.density(iter=SLQ_STEPS, n_v=1)
         return moments(np.asarray(eigen_list_full), np.asarray(weight_list_full)), py.hvps
 
-    def ours_density() -> tuple[float, float]:
+    def ours_density(op: HessianOperator) -> tuple[float, float]:
         _, _, nodes, weights = slq_density(op, runs=1, steps=SLQ_STEPS, seed=SEED)
         return moments(nodes, weights)
 
@@ -344,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except importlib.metadata.PackageNotFoundError:
         version = "not installed"
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, pyhessian {version}; "
-          f"seeds {SEED}; py s = pyhessian seconds incl. its setup, py/ours = time ratio (>1: ours faster)")
+          f"seeds {SEED}; py s, ours s = seconds incl. building each tool's object/operator (forward and "
+          f"graph-building backward), py/ours = time ratio (>1: ours faster)")
     for name in WORKLOADS if args.workload == "all" else [args.workload]:
         run_workload(WORKLOADS[name], args.repeats)
 
