@@ -14,13 +14,15 @@ import torch
 
 
 def _channels_last_cpu(p: torch.Tensor) -> bool:
-    # a 1x1 kernel's weight is laid out alike in both formats: it counts, since its input may be channels_last
-    return p.device.type == "cpu" and p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+    # a model converted to channels_last shows it in its k x k conv weights (a 1x1 weight looks alike in both formats,
+    # so it alone does not count: a contiguous ResNet's 1x1 shortcuts keep oneDNN, which is 2x faster there)
+    return (p.device.type == "cpu" and p.dim() == 4 and not p.is_contiguous()
+            and p.is_contiguous(memory_format=torch.channels_last))
 
 
 @contextlib.contextmanager
 def safe_autograd(params: Iterable[torch.Tensor]) -> Iterator[None]:
-    """oneDNN off while the enclosed autograd touches channels_last (or 1x1) CPU conv weights; a no-op otherwise."""
+    """oneDNN off while the enclosed autograd touches a channels_last CPU model; a no-op otherwise."""
     if not any(_channels_last_cpu(p) for p in params):
         yield
         return

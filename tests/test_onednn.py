@@ -37,8 +37,8 @@ def test_hessian_and_sharpness_on_one_thread_with_channels_last() -> None:
 
 
 def test_guard_is_on_only_for_channels_last_cpu_weights() -> None:
-    conv = torch.nn.Conv2d(3, 4, 3, 2)
-    with safe_autograd(conv.parameters()):
+    conv, shortcut = torch.nn.Conv2d(3, 4, 3, 2), torch.nn.Conv2d(3, 4, 1, 2)
+    with safe_autograd([*conv.parameters(), *shortcut.parameters()]):  # contiguous, 1x1 included: oneDNN stays
         assert torch.backends.mkldnn.enabled
     conv = conv.to(memory_format=torch.channels_last)
     with safe_autograd(conv.parameters()):
