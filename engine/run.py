@@ -95,6 +95,7 @@ def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
     directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune_on: GridPlan | None,
     end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
+    logged: list[bool] | None = None,
 ) -> PointRunner:
     """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
 
@@ -102,7 +103,6 @@ def make_runner(
     on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
-    logged = dirs.log_space(model, names)
     perturber = Perturber(tensors, directions, end, recalibrate,
                           batchnorm_buffers(model) if recalibrate is not None else None, logged)
     theta = [t.detach() for t in tensors]
@@ -233,7 +233,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
             if channels_last:
                 train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
             recalibrate = BatchNormRecalibrator(model, device_batches(train, batch_size, env.device))
-        runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on, made.end, recalibrate)
+        runner = make_runner(cfg, model, names, tensors, directions, batches, env, tune_on, made.end, recalibrate,
+                             logged)
         if h.curvature:
             runner.curvature = CurvatureProbe(model, hessian_params(tensors), hvp_batches, h)
         tiles = sweep_tiles(runner, levels, root, progress=cfg.eval.progress, env=env)
