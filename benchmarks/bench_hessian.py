@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """python benchmarks/bench_hessian.py [--workload mlp|resnet|all] [--repeats R] [--threads T]
 
-engine.hessian against PyHessian 0.1 (Yao et al. 2020; `pip install --no-deps pyhessian==0.1`, a benchmark-only
-comparison, not a dependency of the engine), in one process, on the same model, data and loss:
+engine.curvature.hessian against PyHessian 0.1 (Yao et al. 2020; `pip install --no-deps pyhessian==0.1`, a
+benchmark-only comparison, not a dependency of the engine), in one process, on the same model, data and loss:
 
 - top eigenvalue: PyHessian's power iteration `.eigenvalues(top_n=1, maxIter=100, tol=1e-3)` vs
-  engine.hessian.top_eigenpairs(op, k=1, rtol=1e-5) (Lanczos stopped on its residual bound, as in runs);
+  engine.curvature.hessian.top_eigenpairs(op, k=1, rtol=1e-5) (Lanczos stopped on its residual bound, as in runs);
 - trace: PyHessian's Hutchinson `.trace(maxIter=100, tol=1e-3)` (the mean of the per-probe estimates it returns;
   it stops early once the running mean moves by less than tol relative) vs hutchinson_trace(op, samples=100)
   and hutchpp_trace(op, matvecs=99);
@@ -15,8 +15,8 @@ comparison, not a dependency of the engine), in one process, on the same model, 
   differ between the tools and are not compared).
 
 Both tools see the Hessian of the mean cross-entropy over ONE batch holding all samples, model in eval mode
-(PyHessian's `hessian(model, criterion, data=(x, y))` calls model.eval() itself; engine.hessian.HessianOperator
-gets the same single batch with its default summed loss divided by the count).
+(PyHessian's `hessian(model, criterion, data=(x, y))` calls model.eval() itself;
+engine.curvature.hessian.HessianOperator gets the same single batch with its default summed loss divided by the count).
 
 Every timed call, of either tool, starts from the model and the batch alone. A PyHessian time includes building
 its `hessian` object (one forward and backward with create_graph, whose graph it then reuses for every
@@ -26,7 +26,7 @@ its default in runs: hessian.keep_graph). Building inside each timed call, rathe
 fair choice here: each row is one quantity from scratch, what a user asking for that quantity pays with either
 tool; the graph build is a real part of each tool's cost and differs between them (PyHessian's mean loss
 backward into .grad fields, the engine's summed loss through torch.autograd.grad), so timing warm would hide
-it; and timing PyHessian warm would mean reaching around its constructor. (A run's engine.spectra shares one
+it; and timing PyHessian warm would mean reaching around its constructor. (A run's engine.curvature.spectra shares one
 operator across all its quantities, as one reused PyHessian object would; the per-row build then happens once.)
 Before any timing, one product through each tool, on an operator and an object that are then discarded, takes
 first-call costs (allocator, kernel choice) out of both. Each quantity is run
@@ -66,9 +66,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from engine.data import synthetic_images
-from engine.hessian import HessianOperator, hutchinson_trace, hutchpp_trace, slq_density, top_eigenpairs
-from engine.models import MLP, CifarResNet
+from engine.curvature.hessian import HessianOperator, hutchinson_trace, hutchpp_trace, slq_density, top_eigenpairs
+from engine.sources.data import synthetic_images
+from engine.sources.models import MLP, CifarResNet
 
 SEED = 0
 EIG_MAX_ITER, EIG_TOL = 100, 1e-3
@@ -350,7 +350,7 @@ def print_table(rows: Sequence[Row], with_exact: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the flags and run each chosen workload."""
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-    parser = argparse.ArgumentParser(description="engine.hessian vs PyHessian 0.1: values, seconds, HVPs")
+    parser = argparse.ArgumentParser(description="engine.curvature.hessian vs PyHessian 0.1: values, seconds, HVPs")
     parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds per quantity, tools alternating; the best time is reported")

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run: python benchmarks/bench_loss.py [--repeats 200]
 
-What the cancellation-free summed cross-entropy (engine.evaluate.summed_cross_entropy) costs per grid point, against
-the formula it replaced (lse.sum() - z_y.sum() in float32, which lost up to 3e-4 of a trained model's small loss) and
-plain F.cross_entropy, on the logits of the sweep benchmarks' workloads: the digits MLP (one [1797, 10] batch per
+What the cancellation-free summed cross-entropy (engine.sources.losses.summed_cross_entropy) costs per grid point,
+against the formula it replaced (lse.sum() - z_y.sum() in float32, which lost up to 3e-4 of a trained model's loss)
+and plain F.cross_entropy, on the logits of the sweep benchmarks' workloads: the digits MLP (one [1797, 10] batch per
 point) and ResNet-20 (one [256, 10] batch per point), both as [N, C] and as the [C, N] view the transposed head
 returns. Times are medians of interleaved rounds in one run; the ratio is against the old formula.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from engine.evaluate import summed_cross_entropy
+from engine.sources.losses import summed_cross_entropy
 
 
 def old_summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

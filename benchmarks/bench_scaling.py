@@ -3,7 +3,7 @@
 
 Scaling efficiency of the distributed sweep on CPU: throughput (grid points/s) of N gloo ranks with one
 thread each over one rank with one thread, same workload, measured in one run. Each configuration sweeps
-a fresh store with the engine's own claim loop (engine.sweep.sweep_tiles); the time is taken between two
+a fresh store with the engine's own claim loop (engine.sweep.tiles.sweep_tiles); the time is taken between two
 barriers, so process start-up and store creation are not counted. Efficiency = (rate_N / rate_1) / N.
 """
 
@@ -19,16 +19,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import zarr
 
-from engine.config import DataConfig, GridConfig, ModelConfig
-from engine.data import device_batches, load_data, subsample
-from engine.directions import perturbed_tensors, random_directions
-from engine.dist import DistEnv
-from engine.grid import make_levels
-from engine.models import build_model, state_fingerprint
-from engine.perturb import Perturber
-from engine.store import StoreSpec, open_store
-from engine.sweep import sweep_tiles
-from engine.vectorized import PointRunner
+from engine.config.schema import DataConfig, GridConfig, ModelConfig
+from engine.core.dist import DistEnv
+from engine.directions.vectors import perturbed_tensors, random_directions
+from engine.sources.data import device_batches, load_data, subsample
+from engine.sources.models import build_model, state_fingerprint
+from engine.store.grid import make_levels
+from engine.store.layout import StoreSpec, open_store
+from engine.sweep.perturb import Perturber
+from engine.sweep.tiles import sweep_tiles
+from engine.sweep.vectorized import PointRunner
 
 
 def worker(rank: int, world: int, tmp: str, args: argparse.Namespace, out: dict) -> None:

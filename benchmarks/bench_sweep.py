@@ -7,14 +7,14 @@ and grid points:
 - naive: the seed document's method; per point copy.deepcopy(model), a new state dict
   theta* + a*d1 + b*d2 over every state_dict entry, load_state_dict, then a DataLoader pass under
   torch.no_grad() with .item() per batch;
-- engine in place: engine.perturb.Perturber.set + engine.evaluate.evaluate over device batches built
-  once (what engine.sweep.sweep_tiles does per point, without the store), at the engine's batch size
+- engine in place: engine.sweep.perturb.Perturber.set + engine.sources.losses.evaluate over device batches built
+  once (what engine.sweep.tiles.sweep_tiles does per point, without the store), at the engine's batch size
   and, where it differs, also at the naive loader's batch size (to separate method from batch size);
-- engine K=1 rewritten: the same on engine.rewrite's model (eval BatchNorm folded into the conv before it,
+- engine K=1 rewritten: the same on engine.sweep.rewrite's model (eval BatchNorm folded into the conv before it,
   ReLU and residual adds in place, the input layer's products with theta* and each direction cached);
-- engine vmap K: K points per forward pass (engine.vectorized);
-- engine sweep_tiles: one full engine.sweep.sweep_tiles run of the whole grid into a fresh Zarr store
-  (engine.store.open_store; store creation itself is not timed, tile writes are);
+- engine vmap K: K points per forward pass (engine.sweep.vectorized);
+- engine sweep_tiles: one full engine.sweep.tiles.sweep_tiles run of the whole grid into a fresh Zarr store
+  (engine.store.layout.open_store; store creation itself is not timed, tile writes are);
 - dense floor: the DENSE forward's FLOPs of one point (FlopCounterMode over the unrewritten model: every layer's
   matmuls and convolutions) / the fp32 torch.mm rate measured in this run. It is the floor of the in-place and
   vmap paths, which compute every layer at every point;
@@ -46,18 +46,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.config import GridConfig
-from engine.data import Split, device_batches, synthetic_images
-from engine.directions import perturbed_tensors, random_directions
-from engine.evaluate import Batches, evaluate
-from engine.grid import GridPlan, make_plan
-from engine.hostalloc import keep_freed_memory
-from engine.models import MLP, CifarResNet, state_fingerprint
-from engine.perturb import Perturber
-from engine.rewrite import rewrite
-from engine.store import StoreSpec, open_store, read_surface
-from engine.sweep import sweep_tiles
-from engine.vectorized import PointRunner, make_evaluator
+from engine.config.schema import GridConfig
+from engine.core.hostalloc import keep_freed_memory
+from engine.directions.vectors import perturbed_tensors, random_directions
+from engine.sources.data import Split, device_batches, synthetic_images
+from engine.sources.losses import Batches, evaluate
+from engine.sources.models import MLP, CifarResNet, state_fingerprint
+from engine.store.grid import GridPlan, make_plan
+from engine.store.layout import StoreSpec, open_store, read_surface
+from engine.sweep.perturb import Perturber
+from engine.sweep.rewrite import rewrite
+from engine.sweep.tiles import sweep_tiles
+from engine.sweep.vectorized import PointRunner, make_evaluator
 
 Point = tuple[float, float]
 DIRECTION_SEED = 0
@@ -153,7 +153,7 @@ def engine_points(model: nn.Module, batches: Batches, perturber: Perturber,
 
 def rewritten_runner(model: nn.Module, names: list[str], perturber: Perturber, directions: list[list[torch.Tensor]],
                      batches: list[tuple[torch.Tensor, torch.Tensor]]) -> PointRunner:
-    """The K = 1 path on engine.rewrite's model: BN folded, ReLU/add in place, input-layer products cached."""
+    """The K = 1 path on engine.sweep.rewrite's model: BN folded, ReLU/add in place, input-layer products cached."""
     fast = rewrite(model, names, perturber.theta, directions, batches[0][0][:8])
     assert fast is not None, "graph rewrites unavailable"
     fast.register([x for x, _ in batches])
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--host-malloc", choices=["on", "off"], default="on",
-                        help="engine.hostalloc.keep_freed_memory for the whole process, as a CPU run does (it "
+                        help="engine.core.hostalloc.keep_freed_memory for the whole process, as a CPU run does (it "
                              "then also speeds up the naive loop and the matmul rate: the ratios stay fair)")
     args = parser.parse_args(argv)
     if args.threads is not None:

@@ -4,7 +4,7 @@
 Run: python launchers/submit.py --nodes 1 --tasks 4 --gpus-per-node 4 --partition gpu --wait -- model=resnet56
 """
 
-from engine.launch import main
+from engine.app.launch import main
 
 if __name__ == "__main__":
     main()

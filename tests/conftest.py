@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from engine.cli import CONF_DIR, to_run_config
-from engine.config import RunConfig, register_configs
+from engine.config.check import to_run_config
+from engine.config.files import CONF_DIR
+from engine.config.schema import RunConfig, register_configs
 
 register_configs()
 
@@ -32,15 +33,15 @@ def make_cfg(out_dir: Path, *overrides: str) -> tuple[RunConfig, dict[str, Any]]
 
 
 def run_cli(entry: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a console entry point of engine.cli (main, train_main, plot_main) in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-c", f"from engine.cli import {entry}; {entry}()", *args], cwd=cwd,
+    """Run a console entry point of engine.app.cli (main, train_main, plot_main) in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-c", f"from engine.app.cli import {entry}; {entry}()", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
 
 
 def assert_same_store(a: Path, b: Path) -> None:
     """Both stores complete, and every metric of every level equal bit for bit."""
-    from engine.grid import PREVIEW
-    from engine.store import read_surface
+    from engine.store.grid import PREVIEW
+    from engine.store.layout import read_surface
 
     for level in ("", PREVIEW):
         sa, sb = read_surface(a, level), read_surface(b, level)
@@ -52,7 +53,7 @@ def assert_same_store(a: Path, b: Path) -> None:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory):
     """One tiny complete run shared by the tests that only read it."""
-    from engine.run import run_landscape
+    from engine.app.landscape import run_landscape
 
     out = tmp_path_factory.mktemp("runs")
     cfg, resolved = make_cfg(out)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.assemble import assemble, basin_width, convexity, local_minima, summarize
-from engine.store import Surface
+from engine.store.assemble import assemble, basin_width, convexity, local_minima, summarize
+from engine.store.layout import Surface
 
 
 def _surface(f, n=(21, 21), done=None) -> Surface:

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.data import Split, load_data, subsample
-from engine.models import build_model, load_checkpoint
-from engine.run import run_landscape
-from engine.store import read_directions, read_surface
+from engine.app.landscape import run_landscape
+from engine.sources.data import Split, load_data, subsample
+from engine.sources.models import build_model, load_checkpoint
+from engine.store.layout import read_directions, read_surface
 from tests.conftest import make_cfg
 
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batchnorm import BatchNormRecalibrator, batchnorm_buffers
-from engine.data import Split, device_batches, load_data, subsample
-from engine.directions import log_space, perturbed_tensors
-from engine.evaluate import evaluate
-from engine.models import CifarResNet, build_model, load_checkpoint
-from engine.perturb import Perturber
-from engine.run import run_landscape
-from engine.store import read_directions, read_surface
+from engine.app.landscape import run_landscape
+from engine.directions.vectors import log_space, perturbed_tensors
+from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
+from engine.sources.data import Split, device_batches, load_data, subsample
+from engine.sources.losses import evaluate
+from engine.sources.models import CifarResNet, build_model, load_checkpoint
+from engine.store.layout import read_directions, read_surface
+from engine.sweep.perturb import Perturber
 from tests.conftest import TINY, assert_same_store, make_cfg, run_cli
 from tests.test_distributed import ENV, GRID, torchrun
 
@@ -210,7 +210,7 @@ def test_pca_plane_on_two_ranks_equals_one_process(trained):
     out, ckpt = trained
     args = [f"model.checkpoint={ckpt / 'final.pt'}", "direction=pca", f"direction.trajectory={ckpt}",
             "summary.epsilon=null"]
-    one = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, *args,
+    one = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *args,
                           f"out_dir={out}", "name=pca_one"], cwd=out, env=ENV, capture_output=True, text=True,
                          timeout=300)  # one thread, as each torchrun rank has: the stores compare bitwise
     assert one.returncode == 0, one.stderr

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from engine.errors import UserError
-from engine.models import CifarResNet
+from engine.core.errors import UserError
+from engine.sources.models import CifarResNet
 from tests.conftest import TINY, make_cfg, run_cli
 
 FIGURES = {"contour", "contourf", "heatmap", "surface3d", "accuracy_heatmap"}
@@ -136,7 +136,7 @@ def test_refused_rerun_leaves_the_run_folder_untouched(finished_run, overrides, 
     ["-m", "model.width=range(2,6,2)", "hydra.verbose=true"],
 ])
 def test_valid_commands_pass_the_check(argv):
-    from engine.config_check import check_command_line
+    from engine.config.check import check_command_line
 
     check_command_line(argv)
 

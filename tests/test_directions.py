@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.directions import (
+from engine.app.landscape import run_landscape
+from engine.core.errors import UserError
+from engine.directions.vectors import (
     load_directions,
     log_space,
     normalize,
@@ -15,11 +17,9 @@ from engine.directions import (
     random_directions,
     to_coordinates,
 )
-from engine.errors import UserError
-from engine.models import CifarResNet
-from engine.perturb import Perturber
-from engine.run import run_landscape
-from engine.store import read_surface
+from engine.sources.models import CifarResNet
+from engine.store.layout import read_surface
+from engine.sweep.perturb import Perturber
 from tests.conftest import make_cfg
 
 

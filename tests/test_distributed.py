@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.grid import PREVIEW
-from engine.store import read_surface
+from engine.store.grid import PREVIEW
+from engine.store.layout import read_surface
 from tests.conftest import TINY, assert_same_store, run_cli
 
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def torchrun(nproc: int, *overrides: str, cwd: Path, wait: bool = True):
     """`torchrun --standalone -m engine.sweep` with real gloo ranks (a free port is picked by torchrun)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "engine.sweep", *TINY, *GRID, *overrides]
+           "-m", "engine.sweep.tiles", *TINY, *GRID, *overrides]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -36,7 +36,7 @@ def torchrun(nproc: int, *overrides: str, cwd: Path, wait: bool = True):
 def reference(tmp_path_factory):
     """A trained checkpoint and the 1-process store made from it."""
     cwd = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, "name=one"],
+    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, "name=one"],
                           cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return cwd, cwd / "runs" / "one"

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from engine.errors import UserError
-from engine.hessian import (
+from engine.core.errors import UserError
+from engine.curvature.hessian import (
     HessianOperator,
     MatrixOperator,
     extreme_eigenvalues,

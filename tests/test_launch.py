@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import zarr
 
-from engine.grid import PREVIEW
-from engine.run import run_landscape, surface_to_draw
-from engine.store import read_surface
+from engine.app.landscape import run_landscape, surface_to_draw
+from engine.store.grid import PREVIEW
+from engine.store.layout import read_surface
 from tests.conftest import TINY, make_cfg, run_cli
 
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
@@ -20,11 +20,11 @@ GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
 
 def test_submitit_local_two_tasks_equal_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, "name=one"],
+    one = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, "name=one"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     ckpt = tmp_path / "runs" / "one" / "checkpoints" / "final.pt"
-    job = subprocess.run([sys.executable, "-m", "engine.launch", "--cluster",
+    job = subprocess.run([sys.executable, "-m", "engine.app.launch", "--cluster",
                           "local", "--tasks", "2", "--wait", *TINY, *GRID, f"model.checkpoint={ckpt}", "name=two"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stdout + job.stderr

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import UserError
-from engine.run import run_landscape
-from engine.store import read_surface
+from engine.app.landscape import run_landscape
+from engine.core.errors import UserError
+from engine.store.layout import read_surface
 from tests.conftest import TINY, assert_same_store, make_cfg
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: stores compare bitwise
@@ -27,7 +27,7 @@ GRID = ["grid.resolution=[24,24]", "grid.preview=4", "summary.epsilon=null"]  # 
 
 def landscape(*args: str, cwd: Path) -> subprocess.Popen[str]:
     """The `landscape` command in a subprocess (one process, no torchrun), not waited for."""
-    return subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID, *args],
+    return subprocess.Popen([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *args],
                             cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.data import load_data
-from engine.models import build_model, load_checkpoint
-from engine.run import run_landscape, run_train
-from engine.store import read_directions, read_surface
+from engine.app.landscape import run_landscape, run_train
+from engine.sources.data import load_data
+from engine.sources.models import build_model, load_checkpoint
+from engine.store.layout import read_directions, read_surface
 from tests.conftest import make_cfg
 
 # An MLP and a BatchNorm ResNet trained long enough that the train loss is ~1e-2 or below.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import UserError
-from engine.models import CifarResNet, build_model, load_checkpoint
+from engine.config.schema import ModelConfig
+from engine.core.errors import UserError
+from engine.sources.models import CifarResNet, build_model, load_checkpoint
 
 
 @pytest.mark.parametrize(("name", "params"), [("resnet20", 272474), ("plain20", 269722), ("resnet56", 855770)])

@@ -1,5 +1,5 @@
 """Autograd through a channels_last ResNet on one CPU thread (torchrun's default) must not corrupt the heap:
-torch 2.13's oneDNN weight gradient of a strided 1x1 conv does, unless engine.onednn turns oneDNN off for it."""
+torch 2.13's oneDNN weight gradient of a strided 1x1 conv does, unless engine.core.onednn turns oneDNN off for it."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import sys
 
 import torch
 
-from engine.onednn import safe_autograd
+from engine.core.onednn import safe_autograd
 
 SCRIPT = """
 import torch, torch.nn.functional as F
-from engine.hessian import HessianOperator
-from engine.models import CifarResNet
-from engine.sharpness import epsilon_sharpness
+from engine.curvature.hessian import HessianOperator
+from engine.sources.models import CifarResNet
+from engine.curvature.sharpness import epsilon_sharpness
 torch.manual_seed(0)
 model = CifarResNet(8, 10, 1, 4, True).eval().to(memory_format=torch.channels_last)  # 1x1 stride-2 shortcuts
 x = torch.randn(128, 1, 8, 8).contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""engine.plot: the files written, robustness to missing/diverging values, orientation and clipping of what is drawn."""
+"""engine.figures.surfaces: the files written, robustness to missing/diverging values, orientation and clipping."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-import engine.plot
-from engine.plot import _grid, _prepare, draw_comparison, draw_surfaces
+import engine.figures.surfaces
+from engine.figures.surfaces import _grid, _prepare, draw_comparison, draw_surfaces
 
 X = np.linspace(-1.0, 1.0, 9)
 Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass
@@ -46,13 +46,13 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
     """Record every figure handed to _save, by file stem (the Figure stays inspectable after it is closed)."""
     seen: dict[str, Figure] = {}
-    original = engine.plot._save
+    original = engine.figures.surfaces._save
 
     def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
         seen[stem] = fig
         return original(fig, out_dir, stem, formats)
 
-    monkeypatch.setattr(engine.plot, "_save", spy)
+    monkeypatch.setattr(engine.figures.surfaces, "_save", spy)
     return seen
 
 

@@ -1,4 +1,4 @@
-"""engine.plot_hessian: files written, what reaches the axes (log floor, ranks, norms, orientation), bad values."""
+"""engine.figures.curvature: files written, what reaches the axes (log floor, ranks, norms, orientation), bad values."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 
-import engine.plot_hessian as ph
-from engine.plot_hessian import draw_curvature_maps, draw_density, draw_eigenvalues
+import engine.figures.curvature as ph
+from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
 
 X = np.linspace(-1.0, 1.0, 9)
 Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass

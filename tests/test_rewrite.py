@@ -16,16 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.data import Split, device_batches, synthetic_images
-from engine.directions import perturbed_tensors, random_directions
-from engine.evaluate import evaluate, summed_cross_entropy
-from engine.hostalloc import keep_freed_memory
-from engine.models import MLP, CifarResNet
-from engine.perturb import Perturber
-from engine.rewrite import rewrite
-from engine.run import run_landscape
-from engine.store import read_surface
-from engine.vectorized import PointRunner
+from engine.app.landscape import run_landscape
+from engine.core.hostalloc import keep_freed_memory
+from engine.directions.vectors import perturbed_tensors, random_directions
+from engine.sources.data import Split, device_batches, synthetic_images
+from engine.sources.losses import evaluate, summed_cross_entropy
+from engine.sources.models import MLP, CifarResNet
+from engine.store.layout import read_surface
+from engine.sweep.perturb import Perturber
+from engine.sweep.rewrite import rewrite
+from engine.sweep.vectorized import PointRunner
 from tests.conftest import make_cfg
 from tests.test_vectorized import DataDependent
 
@@ -130,7 +130,7 @@ def test_untraceable_model_falls_back(tmp_path, caplog, monkeypatch):
     model = DataDependent()
     names = [n for n, _ in model.named_parameters()]
     theta = [p.detach().clone() for p in model.parameters()]
-    with caplog.at_level(logging.WARNING, logger="engine.rewrite"):
+    with caplog.at_level(logging.WARNING, logger="engine.sweep.rewrite"):
         assert rewrite(model, names, theta, [theta, theta], torch.randn(4, 1, 8, 8)) is None
     assert "graph rewrites unavailable for DataDependent" in caplog.text
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import UserError
-from engine.sharpness import epsilon_sharpness, surface_sharpness
+from engine.core.errors import UserError
+from engine.curvature.sharpness import epsilon_sharpness, surface_sharpness
 
 THETA0 = torch.tensor([0.0, 1.5, -2.0, 0.25, -0.75], dtype=torch.float64)
 

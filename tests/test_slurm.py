@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import read_surface
+from engine.store.layout import read_surface
 from tests.conftest import TINY, assert_same_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def slurm_cluster():
 def reference(slurm_cluster, tmp_path_factory):
     """A trained checkpoint and the 1-process store made from it (no SLURM)."""
     cwd = tmp_path_factory.mktemp("slurm")
-    done = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", *TINY, *GRID,
+    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID,
                            f"out_dir={cwd / 'runs'}", "name=one"],
                           cwd=cwd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
@@ -107,8 +107,8 @@ def test_submitit_slurm_two_tasks_equal_one_process(reference):
 def test_hydra_submitit_slurm_launcher_multirun(slurm_cluster, tmp_path):
     out = tmp_path / "multirun"
     # Two jobs side by side on the node: one thread each (ENV), as a user would set on a shared node.
-    done = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "-m", "model=resnet8,plain8",
-                           "hydra/launcher=slurm", *TINY, f"out_dir={out}"],
+    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", "-m",
+                           "model=resnet8,plain8", "hydra/launcher=slurm", *TINY, f"out_dir={out}"],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("resnet8-digits", "plain8-digits"):

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from engine.data import load_data, subsample
-from engine.errors import UserError
-from engine.hessian import HessianOperator
-from engine.models import build_model, load_checkpoint
-from engine.run import run_landscape
-from engine.run_spectrum import run_spectrum
-from engine.spectra import read_spectrum
-from engine.store import read_directions, read_surface
+from engine.app.landscape import run_landscape
+from engine.app.spectrum import run_spectrum
+from engine.core.errors import UserError
+from engine.curvature.hessian import HessianOperator
+from engine.curvature.spectra import read_spectrum
+from engine.sources.data import load_data, subsample
+from engine.sources.models import build_model, load_checkpoint
+from engine.store.layout import read_directions, read_surface
 from tests.conftest import make_cfg
 from tests.test_distributed import torchrun
 

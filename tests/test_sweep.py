@@ -11,14 +11,14 @@ import torch.nn.functional as F
 import xarray as xr
 import zarr
 
-from engine.data import load_data, subsample
-from engine.directions import perturbed_tensors, random_directions
-from engine.errors import UserError
-from engine.grid import make_plan
-from engine.models import build_model, load_checkpoint
-from engine.perturb import Perturber
-from engine.run import run_landscape
-from engine.store import read_directions, read_surface
+from engine.app.landscape import run_landscape
+from engine.core.errors import UserError
+from engine.directions.vectors import perturbed_tensors, random_directions
+from engine.sources.data import load_data, subsample
+from engine.sources.models import build_model, load_checkpoint
+from engine.store.grid import make_plan
+from engine.store.layout import read_directions, read_surface
+from engine.sweep.perturb import Perturber
 from tests.conftest import make_cfg
 
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.directions import perturbed_tensors
-from engine.errors import UserError
-from engine.trajectory import (
+from engine.core.errors import UserError
+from engine.directions.trajectory import (
     PCAResult,
     interpolation_direction,
     list_checkpoints,
@@ -20,6 +19,7 @@ from engine.trajectory import (
     plane_through,
     trajectory_pca,
 )
+from engine.directions.vectors import perturbed_tensors
 
 SHAPES = {"conv.weight": (3, 2, 2), "fc.weight": (4, 3), "fc.bias": (4,)}
 NAMES = list(SHAPES)

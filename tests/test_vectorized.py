@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.errors import UserError
-from engine.run import run_landscape
-from engine.store import read_surface
-from engine.vectorized import make_evaluator
+from engine.app.landscape import run_landscape
+from engine.core.errors import UserError
+from engine.store.layout import read_surface
+from engine.sweep.vectorized import make_evaluator
 from tests.conftest import make_cfg
 
 # 70 eval samples in batches of 32: a short last batch, so a mean of per-batch means cannot pass for the mean
@@ -70,7 +70,7 @@ def test_model_vmap_cannot_run_falls_back(tmp_path, caplog, monkeypatch):
     theta = [p.detach() for p in model.parameters()]
     dirs = [[torch.randn_like(t) for t in theta] for _ in range(2)]
     batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))]
-    with caplog.at_level(logging.WARNING, logger="engine.vectorized"):
+    with caplog.at_level(logging.WARNING, logger="engine.sweep.vectorized"):
         assert make_evaluator(model, names, theta, dirs, batches) is None
     assert "using the in-place K=1 path" in caplog.text
     loss, _ = _loss(tmp_path, "custom", "model=custom", "model._target_=tests.test_vectorized.DataDependent",

@@ -1,0 +1,144 @@
+"""Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
+`landscape-plot STORE` (redraw from a store) and `landscape-spectrum` (Hessian spectra at theta*, no sweep).
+Bad input ends in one line on stderr and exit code 2; config mistakes are caught before Hydra starts a job
+(engine/config/check.py), so a refused command leaves its run folder as it was.
+
+Run: landscape [hydra overrides, e.g. model=resnet20 data=synthetic grid.resolution=[31,31]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from engine.config.check import check_command_line, to_run_config
+from engine.config.files import CONF_DIR
+from engine.config.record import hydra_job
+from engine.config.schema import PlotConfig, register_configs
+from engine.core.errors import UserError
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run fn, then leave the process group; a UserError becomes one line on stderr and exit code 2."""
+    from engine.core.dist import destroy_distributed
+
+    try:
+        return fn()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        destroy_distributed()
+
+
+def check_argv() -> None:
+    """Check the command line's overrides before hydra.main runs: one line and exit code 2 on a mistake."""
+    try:
+        check_command_line(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (torchrun stopping the other ranks, SLURM preemption) into a clean exit that releases
+    the store lease; submitit installs its own handlers inside its jobs, so this is for the CLI only."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _landscape(cfg: DictConfig) -> None:
+    from engine.app.landscape import run_landscape
+
+    def go() -> None:
+        run_cfg, resolved = to_run_config(cfg)
+        with hydra_job(cfg):  # run_landscape writes .hydra/ once the store accepted this config
+            run_landscape(run_cfg, resolved)
+
+    guarded(go)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _train(cfg: DictConfig) -> None:
+    from engine.app.landscape import run_train
+
+    guarded(lambda: print(f"final weights: {run_train(to_run_config(cfg)[0])}"))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _spectrum(cfg: DictConfig) -> None:
+    from engine.app.spectrum import run_spectrum
+
+    def go() -> None:
+        run_cfg, resolved = to_run_config(cfg)
+        run_spectrum(run_cfg, resolved)
+
+    guarded(go)
+
+
+def main() -> None:
+    """`landscape`: the whole flow for one Hydra config (or several with -m)."""
+    register_configs()
+    check_argv()
+    _exit_on_sigterm()
+    _landscape()
+
+
+def train_main() -> None:
+    """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
+    register_configs()
+    check_argv()
+    _train()
+
+
+def spectrum_main() -> None:
+    """`landscape-spectrum`: the Hessian spectra at theta* (top-k eigenpairs, traces, SLQ density), no sweep."""
+    register_configs()
+    check_argv()
+    _exit_on_sigterm()
+    _spectrum()
+
+
+def compare_main(argv: list[str] | None = None) -> None:
+    """`landscape-compare RUN...`: several runs side by side on one colour scale, and their numbers."""
+    from engine.app.compare import main as compare
+
+    compare(argv)
+
+
+def plot_main(argv: list[str] | None = None) -> None:
+    """`landscape-plot STORE`: redraw the figures and summary.json of a store without recomputing."""
+    parser = argparse.ArgumentParser(prog="landscape-plot", description=plot_main.__doc__)
+    parser.add_argument("store", help="a .zarr store written by `landscape`")
+    parser.add_argument("--out", help="folder for the figures (default: figures/ beside the store)")
+    parser.add_argument("--log", action="store_true", help="log scale for the loss")
+    parser.add_argument("--clip", type=float, default=None, help="draw losses above this value at this value")
+    parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats")
+    parser.add_argument("--basin-rise", type=float, default=0.5, help="basin threshold above the center loss")
+    parser.add_argument("--sharpness-radius", type=float, default=0.25,
+                        help="surface sharpness: max loss rise within this radius, over 1 + center loss")
+    args = parser.parse_args(argv)
+
+    def go() -> None:
+        from engine.app.landscape import draw
+        from engine.store.assemble import assemble
+
+        store = Path(args.store)
+        summary = assemble(store, args.basin_rise, sharpness_radius=args.sharpness_radius)
+        plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","))
+        figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot)
+        state = "complete" if summary["complete"] else f"partial, {len(summary['missing_tiles'])} tile(s) missing"
+        print(f"{store}: {state}; {len(figures)} figure file(s) in {figures[0].parent if figures else args.out}")
+
+    guarded(go)
+
+
+if __name__ == "__main__":
+    main()

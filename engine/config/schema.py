@@ -1,0 +1,326 @@
+"""Typed configuration of a sweep: one dataclass per Hydra config group, checked in __post_init__.
+
+YAML files under conf/ only choose between values; every key and type is fixed here, so an unknown
+key (one added with `+` too) or a wrong type fails with one line naming the key (engine/config/check.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from engine.core.errors import UserError
+
+RESNET_FAMILIES = ("resnet", "plain")
+REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build; shapes left None are taken from the data."""
+
+    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | custom
+    width: int = 16  # channels of the first ResNet stage (doubled at each of the 3 stages)
+    hidden: list[int] = field(default_factory=lambda: [128, 128])  # MLP hidden sizes
+    in_channels: int | None = None  # image channels; None: from the data
+    image_size: int | None = None  # image side; None: from the data
+    num_classes: int | None = None  # None: from the data
+    checkpoint: str | None = None  # trained weights to load; None: train them (see train/)
+    _target_: str | None = None  # custom model: import path of an nn.Module class or factory
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom model
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise UserError(f"model.width={self.width} must be >= 1")
+        if self.name == "custom" and not self._target_:
+            raise UserError("model=custom needs model._target_=<module.Class> (and model.checkpoint=...)")
+
+
+@dataclass
+class DataConfig:
+    """Where the evaluation (and training) samples come from."""
+
+    name: str = "digits"  # digits (bundled with scikit-learn) | synthetic | custom
+    shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # synthetic: one sample's shape
+    num_classes: int = 10  # synthetic: number of classes
+    size: int = 1280  # synthetic: number of samples (train + test)
+    test_fraction: float = 0.2  # share of samples held out as the test split (fixed, seeded)
+    seed: int = 0  # seed of the split and of synthetic samples
+    _target_: str | None = None  # custom: import path of a torch Dataset class or factory
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom dataset
+
+    def __post_init__(self) -> None:
+        _check_choice("data.name", self.name, ("digits", "synthetic", "custom"))
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"data.test_fraction={self.test_fraction} must lie strictly between 0 and 1")
+        if self.name == "synthetic" and (self.size < 2 or self.num_classes < 2 or not self.shape):
+            raise UserError("data=synthetic needs data.size >= 2, data.num_classes >= 2 and a data.shape")
+        if self.name == "custom" and not self._target_:
+            raise UserError("data=custom needs data._target_=<module.DatasetClass>")
+
+
+@dataclass
+class TrainConfig:
+    """SGD training of the model when no checkpoint is given; a checkpoint is saved every epoch."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UserError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+
+
+@dataclass
+class DirectionConfig:
+    """The plane's axes: seeded random (Li et al. 2018) or loaded from a file or another store."""
+
+    # random | file | hessian (top two Hessian eigenvectors at theta*, see hessian.*) | interpolation (1D, from
+    # theta* = model A at 0 to checkpoints[0] = model B at 1) | plane (through A and checkpoints[0], [1] = B, C,
+    # orthonormalized) | pca (top two principal components of the training trajectory, Li et al. section 7)
+    kind: str = "random"
+    norm: str = "filter"  # filter | layer | none
+    ignore: str = "biasbn"  # biasbn: zero the direction on rank-1 tensors | none: normalize them whole
+    # weights: parameters | states: parameters and BatchNorm running statistics (variances move in log space, so they
+    # stay positive); direction=interpolation and direction=plane default to states, so each model keeps its own
+    over: str = "weights"
+    seed: int = 123  # seed of the random directions
+    path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
+    checkpoints: list[str] = field(default_factory=list)  # kind=interpolation: [B]; kind=plane: [B, C]
+    trajectory: str | None = None  # kind=pca: folder of epoch_*.pt; None: this run's own checkpoints/
+
+    def __post_init__(self) -> None:
+        _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
+        if self.kind in ("interpolation", "plane", "pca") and (self.norm, self.ignore) != ("none", "none"):
+            raise UserError(f"direction.kind={self.kind} keeps the checkpoints' own geometry: set direction.norm=none "
+                            f"and direction.ignore=none (or use direction={self.kind})")
+        wanted = {"interpolation": 1, "plane": 2}.get(self.kind)
+        if wanted is not None and len(self.checkpoints) != wanted:
+            raise UserError(f"direction.kind={self.kind} needs direction.checkpoints=[{', '.join('BC'[:wanted])}] "
+                            f"({wanted} checkpoint file(s)), got {len(self.checkpoints)}")
+        _check_choice("direction.norm", self.norm, ("filter", "layer", "none"))
+        _check_choice("direction.ignore", self.ignore, ("biasbn", "none"))
+        _check_choice("direction.over", self.over, ("weights", "states"))
+        if self.kind == "file" and not self.path:
+            raise UserError("direction.kind=file needs direction.path=<file.pt or store.zarr>")
+
+
+@dataclass
+class GridConfig:
+    """Coordinates swept along each direction: one entry of resolution per axis (1D line or 2D plane)."""
+
+    resolution: list[int] = field(default_factory=lambda: [41, 41])  # points per axis
+    x: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 1
+    y: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D)
+    tile: list[int] = field(default_factory=lambda: [14, 14])  # points per tile (= Zarr chunk) per axis
+    preview: int = 4  # stride of a coarse preview plane swept first (0: none), so a stopped run still shows one
+
+    def __post_init__(self) -> None:
+        if len(self.resolution) not in (1, 2):
+            raise UserError(f"grid.resolution={list(self.resolution)} must have 1 (line) or 2 (plane) entries")
+        for axis, n in zip("xy", self.resolution):
+            if n < 1:
+                raise UserError(f"grid.resolution: {n} points along {axis}; give at least 1")
+        for axis in "xy"[: len(self.resolution)]:
+            lo_hi = list(getattr(self, axis))
+            if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
+                raise UserError(f"grid.{axis}={lo_hi} is an empty or inverted range; give [min, max] with min < max")
+        if self.preview < 0:
+            raise UserError(f"grid.preview={self.preview} must be >= 0 (0 turns the coarse preview off)")
+        if len(self.tile) < len(self.resolution) or min(self.tile) < 1:
+            raise UserError(f"grid.tile={list(self.tile)} needs a size >= 1 for each of the grid's axes")
+
+
+@dataclass
+class EvalConfig:
+    """How each grid point is evaluated; batches are built once on the device and reused."""
+
+    split: str = "test"  # test | train
+    samples: int | None = None  # deterministic subsample of the split; None: all of it
+    batch_size: int | None = None  # None: rank 0 times 32, 64, ... (small batches stay in a CPU core's cache)
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    progress: bool = True  # progress bar with ETA
+    points_per_pass: int | None = None  # K grid points per forward pass (vmap); 1: in place; None: timed on rank 0
+    memory_gb: float = 2.0  # budget for K stacked points (weights + activations) and for caching batches
+    cache: str = "auto"  # device: batches kept on the device | stream: pinned host batches copied per pass | auto
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only; recorded in the store)
+    channels_last: bool | None = None  # channels_last memory format; None: on for image (N, C, H, W) inputs
+    compile: bool = False  # torch.compile the model (K = 1 path; instead of eval.rewrites)
+    recalibrate_bn: bool = False  # at every point, recompute BatchNorm statistics on training data (K = 1 path)
+    recalibrate_samples: int = 512  # training samples used for each recalibration
+    # K = 1 path graph rewrites (engine/sweep/rewrite.py), same numbers to float32 rounding; [] turns them off:
+    # fold_batchnorm (eval BN into the conv before it, once per point), in_place (ReLU/residual add write into a
+    # fresh operand), input_products (the input layer's products with theta* and each direction, cached per
+    # batch), transposed_head (a final Linear with few outputs computed as a [classes, N] product)
+    rewrites: list[str] = field(default_factory=lambda: list(REWRITES))
+    host_malloc: bool = True  # CPU runs: glibc keeps freed activation memory instead of faulting in new pages
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.split", self.split, ("test", "train"))
+        _check_choice("eval.cache", self.cache, ("auto", "device", "stream"))
+        _check_choice("eval.precision", self.precision, ("fp32", "bf16", "fp16"))
+        for name in self.rewrites:
+            _check_choice("eval.rewrites", name, REWRITES)
+        if self.points_per_pass is not None and self.points_per_pass < 1:
+            raise UserError(f"eval.points_per_pass={self.points_per_pass} must be >= 1 (or null: chosen by timing)")
+        if self.recalibrate_samples < 1:
+            raise UserError(f"eval.recalibrate_samples={self.recalibrate_samples} must be >= 1")
+        if self.memory_gb <= 0:
+            raise UserError(f"eval.memory_gb={self.memory_gb} must be > 0")
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"eval.samples={self.samples} must be >= 1 (or null for the whole split)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UserError(f"eval.batch_size={self.batch_size} must be >= 1 (or null: chosen by timing)")
+
+
+@dataclass
+class HessianConfig:
+    """Curvature of the eval loss (engine/curvature/hessian.py): spectra at theta* and curvature maps over the grid."""
+
+    spectrum: bool = False  # top-k eigenpairs, lambda_min, traces, SLQ density at theta* (store's hessian/ group)
+    curvature: bool = False  # lambda_max, lambda_min, |lambda_min/lambda_max| at every grid point (hessian/ arrays)
+    samples: int | None = 512  # eval samples the Hessian is taken over (seeded subsample of eval.split; None: all)
+    batch_size: int = 128  # batch size of Hessian-vector products (summed exactly over batches)
+    keep_graph: bool = True  # keep each batch's gradient graph between products at one point (faster; memory:
+    # one backward graph per Hessian batch); false: a forward and a double backward per product
+    top_k: int = 5  # eigenpairs of the spectrum (and direction.kind=hessian uses the top 2)
+    steps: int = 60  # Lanczos steps of the spectrum's eigenpairs, at most (capped at the parameter count)
+    curvature_steps: int = 20  # Lanczos steps at each grid point of the curvature map (at most)
+    rtol: float | None = 1e-5  # Lanczos stops once the tracked eigenvalues' residual bounds are below rtol x
+    # |lambda_max| (steps and curvature_steps are then caps); null: always run all steps
+    trace_samples: int = 100  # Rademacher probes of Hutchinson's trace
+    hutchpp_matvecs: int = 99  # Hessian-vector products of the Hutch++ trace
+    slq_runs: int = 5  # seeded runs of stochastic Lanczos quadrature
+    slq_steps: int = 60  # Lanczos steps per SLQ run
+    sigma: float = 0.01  # Gaussian broadening of the density, as a fraction of the spectrum's width
+    seed: int = 0  # seed of every random start and probe vector
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "top_k", "steps", "curvature_steps", "slq_runs", "slq_steps"):
+            if getattr(self, key) < 1:
+                raise UserError(f"hessian.{key}={getattr(self, key)} must be >= 1")
+        if self.samples is not None and self.samples < 1:
+            raise UserError(f"hessian.samples={self.samples} must be >= 1 (or null for the whole split)")
+        if self.steps < self.top_k:
+            raise UserError(f"hessian.steps={self.steps} must be >= hessian.top_k={self.top_k}")
+        if self.trace_samples < 2 or self.hutchpp_matvecs < 3:
+            raise UserError("hessian.trace_samples must be >= 2 and hessian.hutchpp_matvecs >= 3")
+        if self.rtol is not None and self.rtol <= 0:
+            raise UserError(f"hessian.rtol={self.rtol} must be > 0 (or null: always run all Lanczos steps)")
+        if self.sigma <= 0:
+            raise UserError(f"hessian.sigma={self.sigma} must be > 0 (a fraction of the spectrum's width)")
+
+
+@dataclass
+class StoreConfig:
+    """Where the Zarr store goes and whether an existing one written by another config may be replaced."""
+
+    path: str | None = None  # None: <out_dir>/<name>/landscape.zarr
+    overwrite: bool = False
+    lease_ttl: float = 120.0  # seconds a job's lease on the store lasts unless renewed (it renews every ttl/4)
+
+
+@dataclass
+class PlotConfig:
+    """Figures drawn after the sweep."""
+
+    enabled: bool = True
+    log_scale: bool = False
+    clip: float | None = None  # losses above are drawn at this value; None: automatic
+    formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+
+
+@dataclass
+class SummaryConfig:
+    """Numbers derived from the surface for summary.json."""
+
+    basin_rise: float = 0.5  # basin width is measured where loss <= center loss + basin_rise
+    sharpness_radius: float = 0.25  # surface sharpness: max loss rise within |coords| <= radius, over 1 + loss
+    epsilon: float | None = 1e-3  # Keskar et al.'s epsilon-sharpness box size (None: not computed)
+    epsilon_steps: int = 20  # projected gradient ascent steps of epsilon-sharpness
+    sharpness_samples: int | None = 512  # eval samples epsilon-sharpness is computed on (None: all)
+
+    def __post_init__(self) -> None:
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise UserError(f"summary.epsilon={self.epsilon} must be > 0 (or null: no epsilon-sharpness)")
+        if self.epsilon_steps < 1 or self.sharpness_radius <= 0:
+            raise UserError("summary.epsilon_steps must be >= 1 and summary.sharpness_radius > 0")
+        if self.sharpness_samples is not None and self.sharpness_samples < 1:
+            raise UserError(f"summary.sharpness_samples={self.sharpness_samples} must be >= 1 (or null: all)")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: train (if needed), sweep, assemble, plot."""
+
+    name: str = "${model.name}-${data.name}"  # run folder name under out_dir
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    direction: DirectionConfig = field(default_factory=DirectionConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+    hessian: HessianConfig = field(default_factory=HessianConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so conf/config.yaml can build on it (Hydra structured configs)."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+# Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
+RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision",
+               "hessian.curvature", "hessian.curvature_steps", "hessian.samples", "hessian.seed", "hessian.rtol")
+
+
+def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines a store's values, as a flat {dotted key: value}."""
+    flat = _flatten(cfg)
+    keep = {k: v for k, v in flat.items() if any(k == r or k.startswith(r + ".") for r in RESULT_KEYS)}
+    if cfg.get("model", {}).get("checkpoint"):
+        keep = {k: v for k, v in keep.items() if not k.startswith("train.")}
+    if cfg.get("direction", {}).get("kind") == "hessian":  # the axes themselves come from these settings
+        keep.update({k: v for k, v in flat.items() if k in ("hessian.steps", "hessian.batch_size", "hessian.rtol")})
+    return keep
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short stable hash of result_config(cfg)."""
+    text = json.dumps(result_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """Name the first result-relevant keys whose values differ between two configs."""
+    a, b = result_config(old), result_config(new)
+    diffs = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return "; ".join(diffs[:limit]) + more
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,107 @@
+"""Sharpness of a minimum: Keskar et al.'s epsilon-sharpness by projected gradient ascent in a box around the params,
+and the same idea read off an already-swept 1D/2D filter-normalized loss surface."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine.core.errors import UserError
+from engine.core.onednn import safe_autograd
+
+_RADIUS_RTOL = 1e-9  # grid coordinates like 0.5000000001 from linspace still count as within radius 0.5
+
+
+def _check_epsilon_args(params: list[torch.Tensor], epsilon: float, steps: int) -> None:
+    if not (isinstance(epsilon, numbers.Real) and math.isfinite(epsilon) and epsilon > 0):
+        raise UserError(f"epsilon must be a finite number > 0, got {epsilon!r}; pass e.g. epsilon=1e-3")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise UserError(f"steps must be an integer >= 1, got {steps!r}; pass e.g. steps=20")
+    if not params:
+        raise UserError("params is empty; pass the model's parameters, e.g. list(model.parameters())")
+    for i, p in enumerate(params):
+        if not (p.is_leaf and p.requires_grad and p.is_floating_point()):
+            raise UserError(f"params[{i}] must be a floating-point leaf tensor with requires_grad=True; "
+                            "pass list(model.parameters())")
+
+
+def _scalar(loss: torch.Tensor) -> float:
+    if loss.numel() != 1:
+        raise UserError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}; reduce it with .mean()")
+    return float(loss.detach())
+
+
+def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], epsilon: float,
+                      steps: int = 20, seed: int = 0, random_start: bool = True) -> dict[str, float]:
+    """Keskar et al. (2017) metric 2.1 (A = I), 100 * (max - L) / (1 + L) over |delta_i| <= epsilon * (|theta_i| + 1),
+    by sign-gradient PGD from a seeded random (or zero) start; loss_fn() reads the params, restored bitwise after."""
+    _check_epsilon_args(params, epsilon, steps)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            center = _scalar(loss_fn())
+        boxes = [epsilon * (s.abs() + 1) for s in saved]
+        alphas = [2.5 * b / steps for b in boxes]
+        if random_start:
+            gen = torch.Generator().manual_seed(seed)
+            deltas = [(torch.rand(s.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(s) * b
+                      for s, b in zip(saved, boxes)]
+        else:
+            deltas = [torch.zeros_like(s) for s in saved]
+        best = center  # delta = 0 lies in the box, so sharpness >= 0; a zero start at a stationary point never moves
+
+        def move_to(ds: list[torch.Tensor]) -> None:
+            with torch.no_grad():
+                for p, s, d in zip(params, saved, ds):
+                    p.copy_(s + d)
+
+        for _ in range(steps):
+            move_to(deltas)
+            with torch.enable_grad(), safe_autograd(params):
+                loss = loss_fn()
+                value = _scalar(loss)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            if value > best:
+                best = value
+            with torch.no_grad():
+                deltas = [d if g is None else torch.clamp(d + a * g.sign(), min=-b, max=b)
+                          for d, g, a, b in zip(deltas, grads, alphas, boxes)]
+        move_to(deltas)
+        with torch.no_grad():
+            value = _scalar(loss_fn())
+        if value > best:
+            best = value
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+    return {"epsilon": float(epsilon), "loss": center, "max_loss": best,
+            "sharpness": 100.0 * (best - center) / (1.0 + center), "steps": int(steps)}
+
+
+def surface_sharpness(loss: np.ndarray, coords: tuple[np.ndarray, ...], radius: float) -> float | None:
+    """(Max finite loss with all |coords| <= radius - center) / (1 + center) on a 1D/2D surface, plain ratio (not x100);
+    center = grid point nearest the origin; None if the center is not finite or no finite point lies within radius."""
+    if not (isinstance(radius, numbers.Real) and math.isfinite(radius) and radius > 0):
+        raise UserError(f"radius must be a finite number > 0, got {radius!r}; pass e.g. radius=0.5")
+    loss = np.asarray(loss, dtype=np.float64)
+    axes = [np.asarray(c, dtype=np.float64).reshape(-1) for c in coords]
+    if loss.ndim not in (1, 2) or len(axes) != loss.ndim:
+        raise UserError(f"coords must hold one axis per loss dimension (1 or 2), got {len(axes)} axes for a loss of "
+                        f"shape {loss.shape}; pass coords=(x,) or (x, y)")
+    if tuple(len(a) for a in axes) != loss.shape:
+        raise UserError(f"coords lengths {tuple(len(a) for a in axes)} do not match loss shape {loss.shape}; "
+                        "pass the axes the surface was swept on")
+    center_value = loss[tuple(int(np.argmin(np.abs(a))) for a in axes)]
+    if not np.isfinite(center_value):
+        return None
+    inside = [np.abs(a) <= radius * (1 + _RADIUS_RTOL) for a in axes]
+    window = loss[np.ix_(*inside)]
+    window = window[np.isfinite(window)]
+    if window.size == 0:
+        return None
+    return float((window.max() - center_value) / (1.0 + center_value))

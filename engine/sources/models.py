@@ -1,0 +1,162 @@
+"""Models: the CIFAR-style ResNet family of Li et al. (with and without shortcuts), an MLP, any nn.Module.
+
+Also loads checkpoints, refusing one that does not fit the model with a line naming the mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_object
+from torch import nn
+
+from engine.config.schema import ModelConfig
+from engine.core.errors import UserError
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm; the identity (or 1x1 projection) shortcut is optional."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, shortcut: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.use_shortcut = shortcut
+        self.proj: nn.Module = nn.Identity()
+        if shortcut and (stride != 1 or c_in != c_out):
+            self.proj = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.use_shortcut:
+            out = out + self.proj(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """ResNet of depth 6n+2 (He et al. 2016, section 4.2): 3 stages of n blocks, widths w, 2w, 4w."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int, width: int, shortcut: bool) -> None:
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise UserError(f"ResNet depth {depth} is not of the form 6n+2 with n >= 1 (8, 20, 56, 110, ...)")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, c = [], width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(c, c_out, stride, shortcut))
+                c = c_out
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU net on flattened inputs."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int) -> None:
+        super().__init__()
+        sizes = [in_features, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.head = nn.Linear(sizes[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(x)
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build the configured model for inputs of input_shape (C, H, W) and num_classes outputs."""
+    in_channels = cfg.in_channels or input_shape[0]
+    classes = cfg.num_classes or num_classes
+    if cfg.image_size is not None and tuple(input_shape[1:]) != (cfg.image_size, cfg.image_size):
+        raise UserError(f"model.image_size={cfg.image_size} but the data's samples have shape {input_shape}")
+    family = re.fullmatch(r"(resnet|plain)(\d+)", cfg.name)
+    if family:
+        return CifarResNet(int(family[2]), classes, in_channels, cfg.width, shortcut=family[1] == "resnet")
+    if cfg.name == "mlp":
+        return MLP(int(torch.Size(input_shape).numel()), list(cfg.hidden), classes)
+    if cfg.name == "custom":
+        try:
+            factory = get_object(cfg._target_)
+        except Exception as err:
+            raise UserError(f"model._target_={cfg._target_!r} cannot be imported ({err})") from None
+        return factory(**dict(cfg.kwargs))
+    raise UserError(
+        f"unknown model name {cfg.name!r}: use resnet<6n+2> (resnet20, resnet56, resnet110), "
+        "plain<6n+2> (plain20, ...), mlp, or custom with model._target_"
+    )
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load weights from a checkpoint ({'state_dict': ...} or a bare state_dict) into model, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; give model.checkpoint=<existing .pt file>")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"checkpoint {path} cannot be read as a torch checkpoint ({type(err).__name__})") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} holds no state_dict of tensors")
+    check_state_fits(model, state, str(path))
+    model.load_state_dict(state)
+    return blob
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Raise a UserError naming the first missing, unexpected or mis-shaped keys of state for model."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else ""))
+    if shapes:
+        problems.append(f"shape {'; '.join(shapes[:3])}" + (" ..." if len(shapes) > 3 else ""))
+    if problems:
+        raise UserError(
+            f"checkpoint {origin} does not fit model {type(model).__name__}: {' | '.join(problems)}; "
+            "check model.name / model.width / data against what the checkpoint was trained with"
+        )
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """A short hash of every tensor of the model's state, to tell which weights a store was made from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,156 @@
+"""Assembler: reads the stitched surfaces, lists missing tiles and derives the numbers of summary.json.
+
+Numbers: loss and accuracy at the center (the point nearest the origin, theta*), the minimum and where it
+is, the basin width along each axis through the center at loss <= center + rise, and convexity
+figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane); with
+a Hessian curvature map or spectrum in the store, their numbers too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.curvature.sharpness import surface_sharpness
+from engine.store.layout import Surface, read_surface
+
+
+def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float = 0.25) -> dict[str, Any]:
+    """Derive the summary numbers of a (possibly partial) surface; NaN marks points not computed."""
+    loss, acc, coords = surface.metrics["loss"], surface.metrics["accuracy"], surface.coords
+    missing = [list(map(int, t)) for t in np.argwhere(~surface.done)]
+    center = tuple(int(np.argmin(np.abs(c))) for c in coords)
+    finite = np.isfinite(loss)
+    out: dict[str, Any] = {
+        "complete": not missing,
+        "missing_tiles": missing,
+        "points_computed": int((~np.isnan(loss)).sum()),
+        "points_total": int(loss.size),
+        "nonfinite_points": int((~finite & ~np.isnan(loss)).sum()),
+        "center": {"coords": _coords(coords, center), "loss": _num(loss[center]), "accuracy": _num(acc[center])},
+    }
+    if finite.any():
+        imin = np.unravel_index(np.nanargmin(np.where(finite, loss, np.nan)), loss.shape)
+        out["minimum"] = {"coords": _coords(coords, imin), "loss": _num(loss[imin]), "accuracy": _num(acc[imin])}
+        out["max_accuracy"] = _num(np.nanmax(np.where(finite, acc, np.nan)))
+    out["basin"] = {
+        "rise": basin_rise,
+        "threshold": _num(loss[center] + basin_rise),
+        **{axis: basin_width(loss, coords, center, k, basin_rise) for k, axis in enumerate(("x", "y")[: loss.ndim])},
+    }
+    out["convexity"] = convexity(loss, coords)
+    out["sharpness"] = {"radius": sharpness_radius, "surface": surface_sharpness(loss, coords, sharpness_radius),
+                        "epsilon": surface.attrs.get("epsilon_sharpness")}
+    if "hessian/ratio" in surface.metrics:
+        out["curvature"] = curvature_summary(surface, center)
+    return out
+
+
+def curvature_summary(surface: Surface, center: tuple[int, ...]) -> dict[str, Any]:
+    """The Hessian curvature map's numbers: values at the center, and how much of the grid is non-convex.
+
+    A point counts as non-convex where |lambda_min / lambda_max| > 0.1. Li et al. 2018 read their convexity
+    maps on the same scale.
+    """
+    top, bottom, ratio = (surface.metrics[f"hessian/{k}"] for k in ("lambda_max", "lambda_min", "ratio"))
+    known = np.isfinite(ratio)
+    return {
+        "center": {"lambda_max": _num(top[center]), "lambda_min": _num(bottom[center]), "ratio": _num(ratio[center])},
+        "points": int(known.sum()),
+        "median_ratio": _num(np.median(ratio[known])) if known.any() else None,
+        "nonconvex_fraction": _num((ratio[known] > 0.1).mean()) if known.any() else None,
+        "max_lambda_max": _num(np.nanmax(np.where(np.isfinite(top), top, np.nan))) if np.isfinite(top).any() else None,
+    }
+
+
+def basin_width(
+    loss: np.ndarray, coords: tuple[np.ndarray, ...], center: tuple[int, ...], axis: int, rise: float
+) -> dict[str, Any]:
+    """Width of the connected run of points through the center along `axis` where loss <= center + rise.
+
+    'open' is true when the run reaches the edge of the grid (the basin is wider than the grid shows).
+    """
+    line = loss[tuple(slice(None) if k == axis else c for k, c in enumerate(center))]
+    c, thr = center[axis], loss[center] + rise
+    if not np.isfinite(thr):
+        return {"width": None, "open": None}
+    inside = np.isfinite(line) & (line <= thr)
+    lo, hi = c, c
+    while lo > 0 and inside[lo - 1]:
+        lo -= 1
+    while hi < len(line) - 1 and inside[hi + 1]:
+        hi += 1
+    x = coords[axis]
+    return {"width": float(x[hi] - x[lo]), "from": float(x[lo]), "to": float(x[hi]),
+            "open": bool(lo == 0 or hi == len(line) - 1)}
+
+
+def convexity(loss: np.ndarray, coords: tuple[np.ndarray, ...]) -> dict[str, Any]:
+    """Finite-difference curvature of the surface at interior points: how much of it is non-convex.
+
+    nonconvex_fraction: share of points whose (1x1 or 2x2) Hessian has a negative eigenvalue;
+    mean_abs_eig_ratio: mean of |min(lambda_min, 0) / lambda_max| (0 where convex); local_minima: count.
+    """
+    if min(loss.shape) < 3 or not all(len(c) > 1 for c in coords):
+        return {"nonconvex_fraction": None, "mean_abs_eig_ratio": None, "local_minima": None}
+    h = [float(c[1] - c[0]) for c in coords]
+    f = loss.astype(np.float64)
+    if loss.ndim == 1:
+        lam_min = lam_max = (f[2:] - 2 * f[1:-1] + f[:-2]) / h[0] ** 2
+    else:
+        fxx = (f[2:, 1:-1] - 2 * f[1:-1, 1:-1] + f[:-2, 1:-1]) / h[0] ** 2
+        fyy = (f[1:-1, 2:] - 2 * f[1:-1, 1:-1] + f[1:-1, :-2]) / h[1] ** 2
+        fxy = (f[2:, 2:] - f[2:, :-2] - f[:-2, 2:] + f[:-2, :-2]) / (4 * h[0] * h[1])
+        mid, rad = (fxx + fyy) / 2, np.sqrt(((fxx - fyy) / 2) ** 2 + fxy**2)
+        lam_min, lam_max = mid - rad, mid + rad
+    ok = np.isfinite(lam_min) & np.isfinite(lam_max)
+    if not ok.any():
+        return {"nonconvex_fraction": None, "mean_abs_eig_ratio": None, "local_minima": None}
+    lmin, lmax = lam_min[ok], lam_max[ok]
+    scale = np.abs(lmax).max() or 1.0
+    ratio = np.abs(np.minimum(lmin, 0.0)) / np.maximum(np.abs(lmax), 1e-12 * scale)
+    return {
+        "nonconvex_fraction": float((lmin < -1e-9 * scale).mean()),
+        "mean_abs_eig_ratio": float(np.minimum(ratio, 1.0).mean()),
+        "local_minima": local_minima(loss),
+    }
+
+
+def local_minima(loss: np.ndarray) -> int:
+    """Number of finite points strictly below all their finite neighbours (8-neighbourhood in 2D)."""
+    f = np.where(np.isfinite(loss), loss, np.inf).astype(np.float64)
+    padded = np.pad(f, 1, constant_values=np.inf)
+    is_min = np.isfinite(f)
+    for shift in np.ndindex(*(3,) * f.ndim):
+        if all(s == 1 for s in shift):
+            continue
+        neighbour = padded[tuple(slice(s, s + n) for s, n in zip(shift, f.shape))]
+        is_min &= f < neighbour
+    return int(is_min.sum())
+
+
+def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | None = None,
+             sharpness_radius: float = 0.25) -> dict[str, Any]:
+    """Read a store, summarize it and write summary.json beside it (or at `out`)."""
+    from engine.curvature.spectra import read_spectrum
+
+    surface = read_surface(store_path)
+    summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
+    spectrum = read_spectrum(store_path)
+    if spectrum is not None:
+        summary["spectrum"] = spectrum.numbers()
+    out = Path(out) if out else Path(store_path).parent / "summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _num(v: Any) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def _coords(coords: tuple[np.ndarray, ...], idx: tuple[int, ...]) -> list[float]:
+    return [float(c[i]) for c, i in zip(coords, idx)]

@@ -1,0 +1,197 @@
+"""The Zarr v3 store of one run: metric arrays chunked by tile, per-tile done flags, coordinates, directions.
+
+Layout (DESIGN.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
+flag (and one chunk) per tile, written after the tile's data; `x`, `y` coordinates; `directions/d<k>`
+flat vectors with the tensor names and shapes in their attributes; `hessian/lambda_max`, `lambda_min`,
+`ratio` (curvature maps, when asked for) are chunked by tile like the metrics, and `hessian/` also holds
+the spectra at theta* (engine/curvature/spectra.py); `preview/` holds the same arrays for
+the coarse preview lattice swept first (grid.preview). Root attributes hold the resolved
+config, its hash, the engine version and the fingerprint of theta*. Every array records dimension
+names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from engine import __version__
+from engine.config.schema import config_diff, config_hash
+from engine.core.errors import UserError
+from engine.directions.vectors import flatten, unflatten
+from engine.sources.losses import METRICS
+from engine.store.grid import GridPlan
+
+FORMAT = "landscape-engine/1"
+
+
+@dataclass
+class StoreSpec:
+    """Everything a new store is created from; compared against an existing store before reuse."""
+
+    config: dict[str, Any]
+    levels: dict[str, GridPlan]  # '' is the full grid; 'preview' the coarse lattice, when there is one
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    directions: list[list[torch.Tensor]]
+    fingerprint: str
+    metrics: tuple[str, ...] = METRICS  # arrays of the grid's shape; "hessian/..." ones for curvature maps
+    attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes: markers, axis labels, ...
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # extra arrays, e.g. trajectory/coords
+
+
+def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> zarr.Group:
+    """Open the run's store for writing: reuse it if it was made by the same config and weights, else create.
+
+    A store made by another config or other weights is refused (naming what differs) unless overwrite.
+    """
+    path = Path(path)
+    if path.exists():
+        attrs = _attrs_or_none(path)
+        if attrs is None or attrs.get("creating"):
+            if attrs is None and not overwrite:
+                raise UserError(f"{path} exists and is not a landscape store; remove it or set store.overwrite=true")
+        elif not overwrite:
+            _check_same(path, attrs, spec)
+            return zarr.open_group(path, mode="r+")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return _create(path, spec)
+
+
+def _attrs_or_none(path: Path) -> dict[str, Any] | None:
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:
+        return None
+    return attrs if attrs.get("format") == FORMAT else None
+
+
+def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
+    if attrs["config_hash"] != config_hash(spec.config):
+        raise UserError(
+            f"store {path} was written by a different config ({config_diff(attrs['config'], spec.config)}); "
+            "rerun with that config to resume, or set store.overwrite=true to replace it, or pick another name="
+        )
+    if attrs["fingerprint"] != spec.fingerprint:
+        raise UserError(
+            f"store {path} was computed from other weights (fingerprint {attrs['fingerprint']}, now "
+            f"{spec.fingerprint}); the checkpoint changed: set store.overwrite=true to replace it, "
+            "or pick another name="
+        )
+
+
+def _create_level(group: zarr.Group, plan: GridPlan, metrics: tuple[str, ...]) -> None:
+    for metric in metrics:
+        group.create_array(
+            metric, shape=plan.shape, chunks=plan.tile, dtype="float32", fill_value=np.nan, dimension_names=plan.dims
+        )
+    tile_dims = tuple(f"tile_{d}" for d in plan.dims)
+    group.create_array("done", shape=plan.tile_grid, chunks=(1,) * plan.ndim, dtype="uint8", fill_value=0,
+                       dimension_names=tile_dims)
+    for dim, coords in zip(plan.dims, plan.coords):
+        group.create_array(dim, shape=coords.shape, dtype="float64", dimension_names=(dim,))[:] = coords
+
+
+def _create(path: Path, spec: StoreSpec) -> zarr.Group:
+    plan = spec.levels[""]
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    root.attrs.update({"format": FORMAT, "creating": True})
+    for level, level_plan in spec.levels.items():
+        _create_level(root.create_group(level) if level else root, level_plan, spec.metrics)
+    for k, direction in enumerate(spec.directions):
+        flat = flatten(direction).numpy()
+        arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
+                                dtype="float32", dimension_names=("param",))
+        arr[:] = flat
+        arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+    for name, array in spec.arrays.items():
+        root.create_array(name, shape=array.shape, dtype=array.dtype)[...] = array
+    root.attrs.update({
+        **spec.attrs,
+        "creating": False,
+        "config": spec.config,
+        "config_hash": config_hash(spec.config),
+        "engine_version": __version__,
+        "fingerprint": spec.fingerprint,
+        "dims": list(plan.dims),
+        "tile": list(plan.tile),
+        "levels": [level for level in spec.levels if level],
+        "metrics": list(spec.metrics),
+    })
+    return root
+
+
+def _level(root: zarr.Group, level: str) -> zarr.Group:
+    return root[level] if level else root
+
+
+def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tuple[int, ...]]:
+    """Tiles of a level whose done flag is unset, in the plan's (coarse-to-fine) order."""
+    done = np.asarray(_level(root, level)["done"][...])
+    return [t for t in plan.tiles() if not done[t]]
+
+
+def write_tile(
+    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
+) -> None:
+    """Write one tile's metric chunks, then (only then) its done flag."""
+    group, sl = _level(root, level), plan.tile_slices(tile)
+    for metric, array in values.items():
+        group[metric][sl] = array
+    group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
+
+
+def read_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
+    """The directions saved in a store, as a list of {tensor name: tensor}."""
+    root = _open_existing(path)
+    group = root["directions"]
+    out = []
+    for k in range(len(list(group.array_keys()))):
+        arr = group[f"d{k}"]
+        names, shapes = arr.attrs["names"], [tuple(s) for s in arr.attrs["shapes"]]
+        out.append(dict(zip(names, unflatten(torch.from_numpy(np.asarray(arr[:])), shapes))))
+    return out
+
+
+@dataclass
+class Surface:
+    """What a store holds, read back as numpy: coordinates, metric arrays, done flags and attributes."""
+
+    coords: tuple[np.ndarray, ...]
+    metrics: dict[str, np.ndarray]
+    done: np.ndarray
+    attrs: dict[str, Any]
+
+
+def read_surface(path: str | Path, level: str = "") -> Surface:
+    """Read one level of a store (the full grid by default, or 'preview'); not for writing."""
+    root = _open_existing(path)
+    attrs = dict(root.attrs)
+    if level and level not in attrs.get("levels", []):
+        raise UserError(f"store {path} has no {level!r} level")
+    group = _level(root, level)
+    coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
+    metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
+    return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray | None:
+    """An extra array of a store (e.g. trajectory/coords), or None when the store has none."""
+    try:
+        return np.asarray(_open_existing(path)[name][...])
+    except KeyError:
+        return None
+
+
+def _open_existing(path: str | Path) -> zarr.Group:
+    path = Path(path)
+    attrs = _attrs_or_none(path) if path.exists() else None
+    if attrs is None or attrs.get("creating"):
+        raise UserError(f"{path} is not a landscape store (expected a .zarr folder written by `landscape`)")
+    return zarr.open_group(path, mode="r")

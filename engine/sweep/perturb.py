@@ -1,0 +1,75 @@
+"""In-place perturbation: theta = theta* + sum_k c_k d_k set on the live tensors by torch._foreach_* updates.
+
+No model copy and no load_state_dict per point; theta* is kept once and restored bitwise at the end. For an
+interpolation the point is lerp(A, B, c) instead, which is exactly A at 0 and exactly B at 1. Tensors marked as
+log-space (BatchNorm running variances) move as exp(log theta* + sum_k c_k d_k), so they stay positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from engine.directions.vectors import to_coordinates
+
+
+class Perturber:
+    """Moves a model's perturbed tensors to theta* + sum_k c_k d_k, vectorized over all tensors.
+
+    `end` (1D only): set lerps from theta* (c = 0) to end (c = 1). `after_set` runs after every move (BatchNorm
+    recalibration); `also_restore` are further tensors it changes, restored with theta*. `logged` marks the tensors
+    that move in log space; `theta` (and the directions) hold their logs. At c = 0 the live tensors are theta*
+    bit for bit, and at c = 1 of an interpolation they are end bit for bit.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], directions: list[list[torch.Tensor]],
+                 end: list[torch.Tensor] | None = None, after_set: Callable[[], None] | None = None,
+                 also_restore: list[torch.Tensor] | None = None, logged: list[bool] | None = None) -> None:
+        self.tensors = tensors
+        self.saved = [t.detach().clone() for t in tensors]
+        self.logged = logged or [False] * len(tensors)
+        self.theta = to_coordinates(self.saved, self.logged)
+        self.directions = directions
+        self.end_values = end
+        self.end = to_coordinates(end, self.logged) if end is not None else None
+        self.in_log_space = [t for t, m in zip(tensors, self.logged) if m]
+        self.after_set = after_set
+        self.extra = also_restore or []
+        self.extra_saved = [t.detach().clone() for t in self.extra]
+
+    @torch.no_grad()
+    def set(self, coords: Sequence[float]) -> None:
+        """Set the live tensors to theta* + sum_k coords[k] * directions[k] (or lerp(theta*, end, coords[0]))."""
+        if not any(coords):
+            torch._foreach_copy_(self.tensors, self.saved)
+        elif self.end is not None and self.end_values is not None and coords[0] == 1.0:
+            torch._foreach_copy_(self.tensors, self.end_values)
+        else:
+            torch._foreach_copy_(self.tensors, self.theta)
+            if self.end is not None:
+                torch._foreach_lerp_(self.tensors, self.end, float(coords[0]))
+            else:
+                for c, d in zip(coords, self.directions):
+                    if c != 0.0:
+                        torch._foreach_add_(self.tensors, d, alpha=float(c))
+            if self.in_log_space:
+                torch._foreach_exp_(self.in_log_space)
+        if self.after_set is not None:
+            self.after_set()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put theta* (and the extra tensors) back, bit for bit."""
+        torch._foreach_copy_(self.tensors, self.saved)
+        if self.extra:
+            torch._foreach_copy_(self.extra, self.extra_saved)
+
+    @contextmanager
+    def active(self) -> Iterator[Perturber]:
+        """Use inside `with`: theta* is restored however the block ends."""
+        try:
+            yield self
+        finally:
+            self.restore()

@@ -1,0 +1,75 @@
+"""The worker loop: ranks claim pending tiles one at a time from a shared counter, evaluate every point of a
+tile (K at a time under vmap, or in place), and write the tile (data first, then its done flag). Rank 0 shows
+the job's progress.
+
+Run on every GPU of a node: torchrun --nproc_per_node=8 -m engine.sweep [hydra overrides]
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+
+import numpy as np
+import zarr
+from tqdm import tqdm
+
+from engine.core.dist import DistEnv, TileCounter, barrier
+from engine.store.grid import GridPlan
+from engine.store.layout import pending_tiles, write_tile
+from engine.sweep.vectorized import PointRunner
+
+log = logging.getLogger(__name__)
+_SWEEPS = itertools.count()  # every rank sweeps in the same order, so the n-th sweep's counter keys agree
+
+Work = tuple[str, tuple[int, ...]]
+
+
+def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:
+    """Every (level, tile) whose done flag is unset, coarse level first, each level coarse to fine."""
+    return [(level, t) for level, plan in levels.items() for t in pending_tiles(root, plan, level)]
+
+
+def sweep_tiles(
+    runner: PointRunner,
+    levels: dict[str, GridPlan] | GridPlan,
+    root: zarr.Group,
+    progress: bool = True,
+    env: DistEnv | None = None,
+) -> list[Work]:
+    """Compute every tile whose done flag is unset, coarse level first; returns the (level, tile)s this rank did.
+
+    Every rank lists the same pending work (the done flags are read after a barrier); each then claims the
+    next item from an atomic counter until none is left, so ranks never write the same chunk.
+    """
+    levels = {"": levels} if isinstance(levels, GridPlan) else levels
+    env = env or DistEnv(0, 1, 0, next(runner.model.parameters()).device)
+    work = pending_work(levels, root)
+    barrier()  # every rank has read the done flags before any rank writes one: the work lists must agree
+    sizes = [int(np.prod(levels[level].tile_shape(t))) for level, t in work]
+    seq = next(_SWEEPS)
+    claims, points = TileCounter(env, f"sweep{seq}/claims"), TileCounter(env, f"sweep{seq}/points")
+    mine: list[Work] = []
+    log.info("rank %d of %d (pid %d): %d tile(s) pending, K=%d", env.rank, env.world_size, os.getpid(), len(work),
+             runner.k)
+    bar = tqdm(total=sum(sizes), disable=not (progress and env.is_main), unit="pt", desc="sweep")
+    with runner.perturber.active(), bar:
+        while (k := claims.add(1) - 1) < len(work):
+            level, tile = work[k]
+            start = time.perf_counter()
+            write_tile(root, levels[level], tile, compute_tile(runner, levels[level], tile), level)
+            mine.append((level, tile))
+            total = points.add(sizes[k])
+            log.info("rank %d: %s tile %s (%d points) in %.2f s", env.rank, level or "full", tile, sizes[k],
+                     time.perf_counter() - start)
+            bar.update(total - bar.n)
+    return mine
+
+
+def compute_tile(runner: PointRunner, plan: GridPlan, tile: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Every metric at every point of one tile, as arrays of the tile's shape."""
+    results = runner.run(np.array([c for _, c in plan.tile_points(tile)]))
+    return {m: v.astype(np.float32).reshape(plan.tile_shape(tile)) for m, v in results.items()}
+

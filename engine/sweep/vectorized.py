@@ -1,0 +1,178 @@
+"""Many grid points per forward pass: torch.func.functional_call under torch.vmap over K stacked parameter sets.
+
+theta_k = theta* + sum_j c_kj d_j is built for all K points at once (one tensordot per tensor, no Python loop
+over points); the eval batches are shared, so small models fill the hardware. Models vmap cannot handle are
+detected up front and the caller falls back to the in-place K = 1 path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from engine.sources.losses import Batches, autocast, evaluate
+from engine.sweep.perturb import Perturber
+
+log = logging.getLogger(__name__)
+
+
+class PointsEvaluator:
+    """Loss and accuracy of K grid points per pass over the cached batches."""
+
+    def __init__(
+        self, model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
+        batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.logged = {n for n, m in zip(names, logged or []) if m}  # exp(log theta* + c @ d): BN variances
+        self.precision = precision
+        self.batches = batches
+        self.count = sum(len(y) for _, y in batches)  # type: ignore[arg-type]
+        # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
+        self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
+        for n in self.logged:
+            self.theta[n] = self.theta[n].log()
+        self.dirs = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
+        self._call = torch.vmap(lambda params, x: functional_call(self.model, params, (x,)), in_dims=(0, None))
+
+    def stacked(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: [K, *shape]} = theta* + coords @ directions, for every perturbed tensor (exp'd in log space)."""
+        out = {n: self.theta[n] + torch.tensordot(coords.to(t.dtype), self.dirs[n], dims=1)
+               for n, t in self.theta.items()}
+        for n in self.logged:
+            out[n].exp_()
+        return out
+
+    @torch.inference_mode()
+    def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """Mean loss and accuracy at each of the K points in coords ([K, ndim]); one host sync at the end."""
+        device = next(iter(self.theta.values())).device
+        params = self.stacked(torch.as_tensor(coords, dtype=torch.float64, device=device))
+        k = len(coords)
+        loss = torch.zeros(k, dtype=torch.float64, device=device)
+        correct = torch.zeros(k, dtype=torch.int64, device=device)
+        for x, y in self.batches:
+            with autocast(x.device, self.precision):
+                logits = self._call(params, x.contiguous())  # vmap lacks channels_last rules (as_strided_)
+            per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
+            loss += per.view(k, -1).sum(1, dtype=torch.float64)
+            correct += (logits.argmax(-1) == y).sum(1)
+        return {"loss": (loss / self.count).cpu().numpy(), "accuracy": (correct.double() / self.count).cpu().numpy()}
+
+
+def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of every module output of one forward pass on x: an upper bound on its activation memory."""
+    total = 0
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: Batches, budget_gb: float,
+                    limit: int = 256) -> int:
+    """K from a memory budget: each stacked point costs its perturbed tensors plus one batch's activations."""
+    per_point = sum(t.numel() * t.element_size() for t in theta) + activation_bytes(model, batches[0][0])
+    return int(max(1, min(limit, budget_gb * 2**30 // max(per_point, 1))))
+
+
+def make_evaluator(
+    model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
+    batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
+) -> PointsEvaluator | None:
+    """A PointsEvaluator if this model runs under vmap and agrees with a plain call, else None (reason logged)."""
+    try:
+        ev = PointsEvaluator(model, names, theta, directions, batches, precision, logged)
+        probe = [(batches[0][0][:2], batches[0][1][:2])]
+        ev_probe = PointsEvaluator(model, names, theta, directions, probe, logged=logged)
+        got = ev_probe.evaluate(np.zeros((2, len(directions))))["loss"]
+        with torch.inference_mode():
+            want = F.cross_entropy(model(probe[0][0]).float(), probe[0][1]).item()
+        if not np.allclose(got, want, rtol=1e-3, atol=1e-5):
+            raise RuntimeError(f"vmap result {got} differs from a plain call {want}")
+    except Exception as err:
+        log.warning("vectorized points unavailable for %s (%s: %s); using the in-place K=1 path",
+                    type(model).__name__, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return None
+    return ev
+
+
+class PointRunner:
+    """Evaluates a list of grid points by the chosen path: K stacked points per vmap pass, or one by one in place."""
+
+    def __init__(self, model: nn.Module, perturber: Perturber, batches: Batches, precision: str = "fp32",
+                 evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
+                 curvature: Callable[[], dict[str, float]] | None = None) -> None:
+        self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
+        self.evaluator = evaluator
+        self.k = k if evaluator is not None else 1
+        self.fast = fast  # the K = 1 path's model: engine.sweep.rewrite.FastModel (or a compiled model), else model
+        self.curvature = curvature  # extra metrics at the live weights (engine.curvature.spectra.CurvatureProbe)
+
+    def run(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """{metric: [n]} at each of the n points of coords ([n, ndim]), curvature metrics included if asked."""
+        out = self._metrics(coords)
+        if self.curvature is not None:
+            for i, c in enumerate(coords):
+                self.perturber.set(tuple(float(v) for v in c))
+                for metric, value in self.curvature().items():
+                    out.setdefault(metric, np.empty(len(coords)))[i] = value
+        return out
+
+    def _metrics(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(coords)
+        out = {"loss": np.empty(n), "accuracy": np.empty(n)}
+        if self.k == 1 or self.evaluator is None:
+            point_model = self.fast if self.fast is not None else self.model
+            set_point = getattr(point_model, "set_point", None)
+            for i, c in enumerate(coords):
+                point = tuple(float(v) for v in c)
+                self.perturber.set(point)
+                if set_point is not None:
+                    set_point(point)
+                for metric, value in evaluate(point_model, self.batches, self.precision).items():
+                    out[metric][i] = value
+            return out
+        for chunk in np.array_split(np.arange(n), -(-n // self.k)):
+            for metric, values in self.evaluator.evaluate(coords[chunk]).items():
+                out[metric][chunk] = values
+        return out
+
+
+def choose_k(runner: PointRunner, coords: np.ndarray, k_max: int) -> int:
+    """The K with the least time per point on these coords: 1, then doubling up to k_max while it keeps helping."""
+    if runner.evaluator is None or k_max <= 1:
+        return 1
+    best_k, best_t, k = 1, float("inf"), 1
+    while k <= k_max:
+        runner.k = k
+        sample = coords[np.arange(max(2, k)) % len(coords)]
+        runner.run(sample[: max(1, k)])  # warm-up (allocations, kernel choice)
+        start = time.perf_counter()
+        runner.run(sample)
+        per_point = (time.perf_counter() - start) / len(sample)
+        log.info("K=%d: %.3f ms per point", k, per_point * 1e3)
+        if per_point < best_t:
+            best_k, best_t = k, per_point
+        elif per_point > 1.1 * best_t:
+            break
+        k = k * 2 if k * 2 <= k_max or k == k_max else k_max
+    runner.k = best_k
+    return best_k
