@@ -41,7 +41,7 @@ def run_cli(entry: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[st
 def assert_same_store(a: Path, b: Path) -> None:
     """Both stores complete, and every metric of every level equal bit for bit."""
     from engine.store.grid import PREVIEW
-    from engine.store.layout import read_surface
+    from engine.store.read import read_surface
 
     for level in ("", PREVIEW):
         sa, sb = read_surface(a, level), read_surface(b, level)

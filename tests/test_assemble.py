@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.store.assemble import assemble, basin_width, convexity, local_minima, summarize
-from engine.store.layout import Surface
+from engine.store.read import Surface
 
 
 def _surface(f, n=(21, 21), done=None) -> Surface:

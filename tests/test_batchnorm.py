@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.app.landscape import run_landscape
+from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import Split, load_data, subsample
-from engine.sources.models import build_model, load_checkpoint
-from engine.store.layout import read_directions, read_surface
+from engine.sources.models import build_model
+from engine.store.read import read_directions, read_surface
 from tests.conftest import make_cfg
 
 

@@ -21,11 +21,13 @@ import torch
 
 from engine.app.landscape import run_landscape
 from engine.directions.vectors import log_space, perturbed_tensors
+from engine.sources.batches import device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
-from engine.sources.data import Split, device_batches, load_data, subsample
+from engine.sources.checkpoints import load_checkpoint
+from engine.sources.data import Split, load_data, subsample
 from engine.sources.losses import evaluate
-from engine.sources.models import CifarResNet, build_model, load_checkpoint
-from engine.store.layout import read_directions, read_surface
+from engine.sources.models import CifarResNet, build_model
+from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
 from tests.conftest import TINY, assert_same_store, make_cfg, run_cli
 from tests.test_distributed import ENV, GRID, torchrun

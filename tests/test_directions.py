@@ -18,7 +18,7 @@ from engine.directions.vectors import (
     to_coordinates,
 )
 from engine.sources.models import CifarResNet
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from tests.conftest import make_cfg
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine.store.grid import PREVIEW
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from tests.conftest import TINY, assert_same_store, run_cli
 
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]

@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import zarr
 
-from engine.app.landscape import run_landscape, surface_to_draw
+from engine.app.landscape import run_landscape
+from engine.figures.draw import surface_to_draw
 from engine.store.grid import PREVIEW
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from tests.conftest import TINY, make_cfg, run_cli
 
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]

@@ -18,7 +18,7 @@ import pytest
 
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from tests.conftest import TINY, assert_same_store, make_cfg
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: stores compare bitwise

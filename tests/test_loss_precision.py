@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.app.landscape import run_landscape, run_train
+from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import load_data
-from engine.sources.models import build_model, load_checkpoint
-from engine.store.layout import read_directions, read_surface
+from engine.sources.models import build_model
+from engine.store.read import read_directions, read_surface
 from tests.conftest import make_cfg
 
 # An MLP and a BatchNorm ResNet trained long enough that the train loss is ~1e-2 or below.

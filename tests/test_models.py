@@ -7,7 +7,8 @@ import torch
 
 from engine.config.schema import ModelConfig
 from engine.core.errors import UserError
-from engine.sources.models import CifarResNet, build_model, load_checkpoint
+from engine.sources.checkpoints import load_checkpoint
+from engine.sources.models import CifarResNet, build_model
 
 
 @pytest.mark.parametrize(("name", "params"), [("resnet20", 272474), ("plain20", 269722), ("resnet56", 855770)])

@@ -12,8 +12,10 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-import engine.figures.surfaces
-from engine.figures.surfaces import _grid, _prepare, draw_comparison, draw_surfaces
+import engine.figures.common
+from engine.figures.common import masked_grid, prepare
+from engine.figures.comparison import draw_comparison
+from engine.figures.surfaces import draw_surfaces
 
 X = np.linspace(-1.0, 1.0, 9)
 Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass
@@ -44,15 +46,15 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
-    """Record every figure handed to _save, by file stem (the Figure stays inspectable after it is closed)."""
+    """Record every figure handed to save, by file stem (the Figure stays inspectable after it is closed)."""
     seen: dict[str, Figure] = {}
-    original = engine.figures.surfaces._save
+    original = engine.figures.common.save
 
     def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
         seen[stem] = fig
         return original(fig, out_dir, stem, formats)
 
-    monkeypatch.setattr(engine.figures.surfaces, "_save", spy)
+    monkeypatch.setattr(engine.figures.common, "save", spy)
     return seen
 
 
@@ -111,7 +113,7 @@ def test_markers_and_trajectory_are_drawn_where_they_are(tmp_path: Path, figures
     assert not ax.get_lines()  # no trajectory over the 3D surface
     stars = [c for c in ax.collections if hasattr(c, "_offsets3d")]  # scatter(): one per marker, in order
     assert len(stars) == 2
-    node_value = _grid(loss)[1, 7]
+    node_value = masked_grid(loss)[1, 7]
     np.testing.assert_allclose(np.ravel(stars[1]._offsets3d), [*MARK, node_value])
     (note,) = [t for t in ax.texts if t.get_text() == " B"]
     np.testing.assert_allclose(note.get_position_3d(), [*MARK, node_value])
@@ -155,7 +157,7 @@ def test_log_scale_with_zeros_and_negatives(tmp_path: Path, recorded: dict[str, 
     loss = bowl() - 1.0  # zeros are absent, but a band of negatives and a zero are forced in
     loss[4, 1] = 0.0
     smallest_positive = loss[loss > 0].min()
-    z = _grid(loss, log_scale=True)
+    z = masked_grid(loss, log_scale=True)
     assert np.isfinite(z.compressed()).all()
     assert z.min() == pytest.approx(np.log10(smallest_positive))
     with warnings.catch_warnings():
@@ -168,7 +170,7 @@ def test_log_scale_with_zeros_and_negatives(tmp_path: Path, recorded: dict[str, 
 
 def test_orientation_x_dependent_surface_has_vertical_iso_lines(tmp_path: Path, recorded: dict[str, list]) -> None:
     loss = np.repeat(X[:, None], len(Y), axis=1) + 2.0  # depends on x only: arr[i, j] = x[i] + 2
-    z = _grid(loss)
+    z = masked_grid(loss)
     assert z.shape == (len(Y), len(X))
     np.testing.assert_allclose(z, np.broadcast_to(X + 2.0, z.shape))
     draw_surfaces([X, Y], {"loss": loss}, tmp_path, formats=["png"])
@@ -189,7 +191,7 @@ def test_orientation_x_dependent_surface_has_vertical_iso_lines(tmp_path: Path, 
 def test_explicit_clip_caps_inf_and_keeps_nan_masked(tmp_path: Path, recorded: dict[str, list]) -> None:
     loss = bowl()
     loss[-1, -1], loss[-1, 0], loss[0, 0], loss[1, 0] = np.inf, 1e9, np.nan, -np.inf
-    p = _prepare(loss, clip=2.0)
+    p = prepare(loss, clip=2.0)
     assert p.max() == 2.0
     assert p[-1, -1] == 2.0 and p[-1, 0] == 2.0
     assert np.ma.getmaskarray(p)[0, 0] and np.ma.getmaskarray(p)[1, 0]
@@ -204,11 +206,11 @@ def test_explicit_clip_caps_inf_and_keeps_nan_masked(tmp_path: Path, recorded: d
 
 def test_automatic_clip_keeps_basin_when_a_corner_diverges() -> None:
     clean = bowl(X, X)
-    np.testing.assert_allclose(_prepare(clean), clean)  # nothing diverges: nothing clipped
+    np.testing.assert_allclose(prepare(clean), clean)  # nothing diverges: nothing clipped
     loss = clean.copy()
     loss[-2:, -2:] = np.inf
     loss[0, -1] = 1e6
-    p = _prepare(loss)
+    p = prepare(loss)
     assert clean.max() <= p.max() < 10  # the basin is untouched, the diverging corner is capped near it
     assert p[-1, -1] == p.max() and p[0, -1] == p.max()
     kept = np.isfinite(loss) & (loss < 1e6)

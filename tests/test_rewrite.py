@@ -19,10 +19,11 @@ from torch import nn
 from engine.app.landscape import run_landscape
 from engine.core.hostalloc import keep_freed_memory
 from engine.directions.vectors import perturbed_tensors, random_directions
-from engine.sources.data import Split, device_batches, synthetic_images
+from engine.sources.batches import device_batches
+from engine.sources.data import Split, synthetic_images
 from engine.sources.losses import evaluate, summed_cross_entropy
 from engine.sources.models import MLP, CifarResNet
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.vectorized import PointRunner

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from tests.conftest import TINY, assert_same_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ from engine.app.landscape import run_landscape
 from engine.app.spectrum import run_spectrum
 from engine.core.errors import UserError
 from engine.curvature.hessian import HessianOperator
-from engine.curvature.spectra import read_spectrum
+from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import load_data, subsample
-from engine.sources.models import build_model, load_checkpoint
-from engine.store.layout import read_directions, read_surface
+from engine.sources.models import build_model
+from engine.store.read import read_directions, read_surface
+from engine.store.spectra import read_spectrum
 from tests.conftest import make_cfg
 from tests.test_distributed import torchrun
 

@@ -14,10 +14,11 @@ import zarr
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
 from engine.directions.vectors import perturbed_tensors, random_directions
+from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import load_data, subsample
-from engine.sources.models import build_model, load_checkpoint
+from engine.sources.models import build_model
 from engine.store.grid import make_plan
-from engine.store.layout import read_directions, read_surface
+from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
 from tests.conftest import make_cfg
 

@@ -15,11 +15,11 @@ from engine.directions.trajectory import (
     PCAResult,
     interpolation_direction,
     list_checkpoints,
-    load_state,
     plane_through,
     trajectory_pca,
 )
 from engine.directions.vectors import perturbed_tensors
+from engine.sources.checkpoints import load_state
 
 SHAPES = {"conv.weight": (3, 2, 2), "fc.weight": (4, 3), "fc.bias": (4,)}
 NAMES = list(SHAPES)

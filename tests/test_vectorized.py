@@ -13,7 +13,7 @@ from torch import nn
 
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 from engine.sweep.vectorized import make_evaluator
 from tests.conftest import make_cfg
 

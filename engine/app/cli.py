@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -22,20 +20,7 @@ from engine.config.check import check_command_line, to_run_config
 from engine.config.files import CONF_DIR
 from engine.config.record import hydra_job
 from engine.config.schema import PlotConfig, register_configs
-from engine.core.errors import UserError
-
-
-def guarded(fn: Callable[[], Any]) -> Any:
-    """Run fn, then leave the process group; a UserError becomes one line on stderr and exit code 2."""
-    from engine.core.dist import destroy_distributed
-
-    try:
-        return fn()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        destroy_distributed()
+from engine.core.errors import UserError, guarded
 
 
 def check_argv() -> None:
@@ -127,7 +112,7 @@ def plot_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from engine.app.landscape import draw
+        from engine.figures.draw import draw
         from engine.store.assemble import assemble
 
         store = Path(args.store)
@@ -139,6 +124,3 @@ def plot_main(argv: list[str] | None = None) -> None:
 
     guarded(go)
 
-
-if __name__ == "__main__":
-    main()

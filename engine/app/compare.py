@@ -15,9 +15,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from engine.core.errors import UserError
+from engine.core.errors import UserError, guarded
+from engine.figures.comparison import draw_comparison
 from engine.store.assemble import summarize
-from engine.store.layout import read_surface
+from engine.store.read import read_surface
 
 COLUMNS = [
     ("center loss", lambda s: s["center"]["loss"]),
@@ -39,8 +40,6 @@ def _store_of(path: Path) -> Path:
 
 def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip: float | None = None) -> list[Path]:
     """Draw loss and accuracy of the runs side by side and write comparison.md / .json; returns the files."""
-    from engine.figures.surfaces import draw_comparison
-
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     surfaces = {_store_of(r).parent.name: read_surface(_store_of(r)) for r in runs}
@@ -87,8 +86,6 @@ class CompareCallback(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     """`landscape-compare RUN...`: the comparison figure and table of several runs (folders or .zarr stores)."""
-    from engine.app.cli import guarded
-
     parser = argparse.ArgumentParser(prog="landscape-compare", description=main.__doc__)
     parser.add_argument("runs", nargs="+", help="run folders (runs/<name>) or their landscape.zarr stores")
     parser.add_argument("--out", default=None, help="folder for the figures and table (default: the runs' parent)")

@@ -27,20 +27,17 @@ class SweepJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any] | None:
         from hydra import compose, initialize_config_dir
 
-        from engine.app.cli import CONF_DIR, to_run_config
         from engine.app.landscape import run_landscape
+        from engine.config.check import to_run_config
+        from engine.config.files import CONF_DIR
         from engine.config.schema import register_configs
-        from engine.core.dist import destroy_distributed
 
         os.chdir(self.workdir)
         register_configs()
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("config", overrides=self.overrides)
         run_cfg, resolved = to_run_config(cfg)
-        try:
-            result = run_landscape(run_cfg, resolved)
-        finally:
-            destroy_distributed()
+        result = run_landscape(run_cfg, resolved)  # joins and leaves the process group itself
         return {"store": str(result.store), "summary": result.summary} if result.summary else None
 
 

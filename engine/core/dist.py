@@ -1,14 +1,15 @@
-"""torch.distributed in one place: start (NCCL on CUDA, gloo on CPU, or one plain process), agree, claim, stop.
+"""torch.distributed in one place: start (NCCL on CUDA, gloo on CPU, or one plain process), agree, stop.
 
-Ranks claim tiles from an atomic counter in the process group's key-value store, so a slow rank never
-holds the others back; values every rank must share (directions, weights) are checked by hash.
+`process_group` joins and leaves the group around a whole run; values every rank must share (directions, weights)
+are checked by hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -79,6 +80,19 @@ def _export_slurm_env() -> None:
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[DistEnv]:
+    """Join the job's process group for the duration of a run and leave it afterwards; a group the caller had
+    already joined (a user's own torchrun script) is left joined."""
+    joined_here = not dist.is_initialized()
+    env = init_distributed(device)
+    try:
+        yield env
+    finally:
+        if joined_here:
+            destroy_distributed()
+
+
 def destroy_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_initialized():
@@ -131,19 +145,3 @@ def tensors_hash(tensors: list[torch.Tensor]) -> str:
     for t in tensors:
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class TileCounter:
-    """An atomic counter shared by all ranks (the process group's store); one process counts alone."""
-
-    def __init__(self, env: DistEnv, key: str) -> None:
-        self.key = key
-        self.store = dist.distributed_c10d._get_default_store() if env.distributed else None
-        self.local = 0
-
-    def add(self, amount: int) -> int:
-        """Add amount and return the new total, atomically across ranks."""
-        if self.store is None:
-            self.local += amount
-            return self.local
-        return int(self.store.add(self.key, amount))

@@ -9,12 +9,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.core.errors import UserError
 from engine.core.onednn import safe_autograd
-from engine.sources.losses import Batches
+from engine.sources.losses import Batches, autograd_cross_entropy
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AllReduce = Callable[[torch.Tensor], None]
@@ -32,10 +31,6 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
-def _summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction="sum")
-
-
 class HessianOperator:
     """The exact Hessian of the mean eval loss w.r.t. `params`, applied by double backward, batch by batch.
 
@@ -49,7 +44,7 @@ class HessianOperator:
         model: nn.Module,
         params: list[torch.Tensor],
         batches: Batches,
-        loss_fn: LossFn = _summed_cross_entropy,
+        loss_fn: LossFn = autograd_cross_entropy,
         all_reduce: AllReduce | None = None,
         keep_graph: bool = False,
     ) -> None:

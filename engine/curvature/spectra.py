@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import zarr
 from torch import nn
 
 from engine.config.schema import HessianConfig
@@ -37,7 +36,8 @@ from engine.curvature.hessian import (
     slq_nodes,
     top_eigenpairs_and_min,
 )
-from engine.sources.data import Split, device_batches, subsample
+from engine.sources.batches import device_batches
+from engine.sources.data import Split, subsample
 
 log = logging.getLogger(__name__)
 
@@ -142,44 +142,6 @@ def hessian_directions(model: nn.Module, tensors: list[torch.Tensor], batches: B
         by_id = {id(p): next(pieces).view_as(p).clone() for p in params}
         out.append([by_id.get(id(t), torch.zeros_like(t)) for t in tensors])
     return out
-
-
-_ARRAYS = ("eigenvalues", "eigenvectors", "density_grid", "density", "slq_nodes", "slq_weights")
-
-
-def write_spectrum(root: zarr.Group, spectrum: Spectrum, cfg: dict[str, Any]) -> None:
-    """Write a spectrum into root's hessian/ group (replacing an earlier one); the settings go in its attributes."""
-    group = root.require_group("hessian")
-    values = (spectrum.eigenvalues, spectrum.eigenvectors, spectrum.grid, spectrum.density, spectrum.nodes,
-              spectrum.weights)
-    dims = (("rank",), ("rank", "param"), ("eigenvalue",), ("eigenvalue",), ("run", "node"), ("run", "node"))
-    for name, array, dim in zip(_ARRAYS, values, dims):
-        group.create_array(name, shape=array.shape, dtype=array.dtype, overwrite=True, dimension_names=dim)[...] = array
-    group.attrs.update({"spectrum": spectrum.numbers(), "spectrum_config": cfg})
-
-
-def read_spectrum(path: str | Path) -> Spectrum | None:
-    """The spectrum stored under hessian/ of a store, or None when it has none."""
-    try:
-        group = zarr.open_group(path, mode="r")["hessian"]
-    except (KeyError, FileNotFoundError):
-        return None
-    if not isinstance(group, zarr.Group) or "spectrum" not in group.attrs:
-        return None
-    a = {name: np.asarray(group[name][...]) for name in _ARRAYS}
-    n = dict(group.attrs["spectrum"])
-    return Spectrum(a["eigenvalues"], a["eigenvectors"], n["lambda_min"], n["trace_hutchinson"], n["trace_stderr"],
-                    n["trace_hutchpp"], a["density_grid"], a["density"], a["slq_nodes"], a["slq_weights"],
-                    n["params"], n["hessian_vector_products"], n["seconds"])
-
-
-def stored_spectrum_config(path: str | Path) -> dict[str, Any] | None:
-    """The hessian settings an existing spectrum in the store was computed with (None: no spectrum)."""
-    try:
-        attrs = dict(zarr.open_group(path, mode="r")["hessian"].attrs)
-    except (KeyError, FileNotFoundError):
-        return None
-    return attrs.get("spectrum_config") if "spectrum" in attrs else None
 
 
 def spectrum_json(spectrum: Spectrum, path: Path) -> None:

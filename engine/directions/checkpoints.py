@@ -7,76 +7,65 @@ the models at their exact coordinates, axis labels, and the projected trajectory
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.config.schema import DirectionConfig
-from engine.core.errors import UserError
+from engine.directions.kinds import Directions
 from engine.directions.trajectory import (
     State,
     interpolation_direction,
     list_checkpoints,
-    load_state,
     plane_through,
     trajectory_pca,
 )
-
-KINDS = ("interpolation", "plane", "pca")
-
-
-@dataclass
-class CheckpointDirections:
-    """The directions and what goes with them into the store's attributes and arrays."""
-
-    directions: list[list[torch.Tensor]]
-    end: list[torch.Tensor] | None = None  # interpolation: model B, which the Perturber lerps to
-    markers: dict[str, list[float]] = field(default_factory=dict)
-    axis_labels: list[str] = field(default_factory=lambda: ["d1", "d2"])
-    trajectory: np.ndarray | None = None  # pca: [checkpoints, 2] projected coordinates
-    explained: list[float] | None = None  # pca: explained variance ratio of the two components
+from engine.sources.checkpoints import load_state
 
 
-def checkpoint_directions(d: DirectionConfig, model: nn.Module, names: list[str], theta: list[torch.Tensor],
-                          run_dir: Path, ndim: int, logged: list[bool] | None = None) -> CheckpointDirections:
-    """Build the configured kind's directions over the perturbed tensors (names, theta at theta*).
+def _coordinates(state: State, in_log: set[str]) -> State:
+    return {n: (t.log() if n in in_log else t) for n, t in state.items()}
 
-    With direction.over=states the BatchNorm statistics are part of every model, so each marked model is met with its
-    own statistics too; `logged` tensors (running variances) are taken in log space, as the Perturber moves them.
+
+def _on_device(tensors: list[torch.Tensor], theta: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [x.to(t.device, t.dtype) for x, t in zip(tensors, theta)]
+
+
+def _origin(names: list[str], theta: list[torch.Tensor], in_log: set[str]) -> State:
+    return _coordinates({n: t.detach().cpu() for n, t in zip(names, theta)}, in_log)
+
+
+def interpolation(checkpoint: str, model: nn.Module, names: list[str], theta: list[torch.Tensor],
+                  in_log: set[str]) -> Directions:
+    """The line from theta* (A, at 0) to the checkpoint (B, at 1); the Perturber lerps to B's own tensors.
+
+    `in_log` names the tensors taken in log space (running variances), as the Perturber moves them; with
+    direction.over=states the BatchNorm statistics are part of every model, so each marked model is met with its
+    own statistics too.
     """
-    in_log = {n for n, m in zip(names, logged or []) if m}
+    b = load_state(checkpoint, model)
+    a = _origin(names, theta, in_log)
+    direction = _on_device(interpolation_direction(names, a, _coordinates(b, in_log)), theta)
+    return Directions([direction], end=_on_device([b[n] for n in names], theta), markers={"A": [0.0], "B": [1.0]},
+                      axis_labels=["A (0) to B (1)", ""])
 
-    def coordinates(state: State) -> State:
-        return {n: (t.log() if n in in_log else t) for n, t in state.items()}
 
-    a = coordinates({n: t.detach().cpu() for n, t in zip(names, theta)})
+def plane(checkpoints: list[str], model: nn.Module, names: list[str], theta: list[torch.Tensor],
+          in_log: set[str]) -> Directions:
+    """The orthonormalized plane through theta* (A), B and C, with the three models marked at their coordinates."""
+    b, c = (_coordinates(load_state(path, model), in_log) for path in checkpoints)
+    basis, coords = plane_through(names, _origin(names, theta, in_log), b, c)
+    markers = {k: [float(x) for x in v] for k, v in coords.items()}
+    return Directions([_on_device(v, theta) for v in basis], markers=markers, axis_labels=["e1 (along B - A)", "e2"])
 
-    def on_device(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [x.to(t.device, t.dtype) for x, t in zip(tensors, theta)]
 
-    if d.kind == "interpolation":
-        if ndim != 1:
-            raise UserError("direction=interpolation is a 1D sweep: use grid=line (e.g. grid.resolution=[41] "
-                            "grid.x=[-0.5,1.5] to extrapolate beyond both models)")
-        b = load_state(d.checkpoints[0], model)
-        direction = on_device(interpolation_direction(names, a, coordinates(b)))
-        return CheckpointDirections([direction], end=on_device([b[n] for n in names]),
-                                    markers={"A": [0.0], "B": [1.0]}, axis_labels=["A (0) to B (1)", ""])
-    if ndim != 2:
-        raise UserError(f"direction={d.kind} spans a plane: use grid=plane (grid.resolution=[nx,ny])")
-    if d.kind == "plane":
-        b, c = (coordinates(load_state(path, model)) for path in d.checkpoints)
-        basis, coords = plane_through(names, a, b, c)
-        return CheckpointDirections([on_device(v) for v in basis],
-                                    markers={k: [float(x) for x in v] for k, v in coords.items()},
-                                    axis_labels=["e1 (along B - A)", "e2"])
-    folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
+def pca(folder: Path, model: nn.Module, names: list[str], theta: list[torch.Tensor], in_log: set[str]) -> Directions:
+    """The top two principal components of the trajectory epoch_*.pt in folder, relative to theta* (the final model)."""
     files = list_checkpoints(folder)
-    result = trajectory_pca(names, lambda i: coordinates(load_state(files[i], model)), len(files), a, where=str(folder))
+    result = trajectory_pca(names, lambda i: _coordinates(load_state(files[i], model), in_log), len(files),
+                            _origin(names, theta, in_log), where=str(folder))
     labels = [f"PC{k + 1} ({result.explained[k]:.1%} of the variance)" for k in range(2)]
-    return CheckpointDirections([on_device(v) for v in result.directions], markers={"final": [0.0, 0.0]},
-                                axis_labels=labels, trajectory=np.asarray(result.coords, dtype=np.float64),
-                                explained=[float(e) for e in result.explained])
+    return Directions([_on_device(v, theta) for v in result.directions], markers={"final": [0.0, 0.0]},
+                      axis_labels=labels, trajectory=np.asarray(result.coords, dtype=np.float64),
+                      explained=[float(e) for e in result.explained])

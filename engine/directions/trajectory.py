@@ -14,18 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from engine.core.errors import UserError
-from engine.sources.models import check_state_fits
+from engine.core.flat import flatten, unflatten
+from engine.sources.checkpoints import State
 
 COLLINEAR_TOL = 1e-8  # |part of C - A orthogonal to B - A| / |C - A| below which the three models are collinear
 RANK_TOL = 1e-10  # second principal variance / first below which a trajectory counts as one-dimensional
 MAX_BYTES = 2 << 30  # default cap on the centred deltas held in memory by trajectory_pca
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
-
-State = dict[str, torch.Tensor]
-
 
 @dataclass(frozen=True)
 class PCAResult:
@@ -35,25 +32,6 @@ class PCAResult:
     directions: list[list[torch.Tensor]]
     explained: tuple[float, float]
     coords: np.ndarray
-
-
-def load_state(path: str | Path, model: nn.Module) -> State:
-    """The state dict of a checkpoint ({'state_dict': ...} or bare), refused unless it fits model's architecture."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; give an existing .pt file "
-                        "(training writes <run>/checkpoints/epoch_NNN.pt and final.pt)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"checkpoint {path} cannot be read as a torch checkpoint ({type(err).__name__}); "
-                        "give a .pt file written by torch.save") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} holds no state_dict of tensors; save model.state_dict() "
-                        "or {'state_dict': model.state_dict()}")
-    check_state_fits(model, state, str(path))
-    return state
 
 
 def interpolation_direction(names: list[str], start: State, end: State) -> list[torch.Tensor]:
@@ -84,7 +62,7 @@ def plane_through(
                         "pick another C")
     e2 = r / r_norm
     dtypes = [a[n].dtype for n in names]
-    basis = [_split(e, shapes, dtypes) for e in (e1, e2)]
+    basis = [unflatten(e, shapes, dtypes) for e in (e1, e2)]
     return basis, {"A": (0.0, 0.0), "B": (x_b, 0.0), "C": (float(w @ e1), float(w @ e2))}
 
 
@@ -149,7 +127,7 @@ def trajectory_pca(
             coords[:, k].neg_()
             basis[k].neg_()
     explained = (float(s[0] / total), float(s[1] / total))
-    directions = [_split(basis[k], shapes, [torch.float32] * len(names)) for k in range(2)]
+    directions = [unflatten(basis[k], shapes, [torch.float32] * len(names)) for k in range(2)]
     return PCAResult(directions=directions, explained=explained, coords=coords.numpy())
 
 
@@ -192,11 +170,4 @@ def _shapes(
 def _flat(state: State, names: list[str], shapes: list[tuple[int, ...]], origin: str) -> torch.Tensor:
     """The named tensors of state as one flat float64 CPU vector (shapes checked against `shapes`)."""
     _shapes(names, state, origin, shapes)
-    parts = [state[n].detach().to("cpu", torch.float64).reshape(-1) for n in names]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-
-
-def _split(flat: torch.Tensor, shapes: list[tuple[int, ...]], dtypes: list[torch.dtype]) -> list[torch.Tensor]:
-    """Split a flat vector into CPU tensors of the given shapes and dtypes."""
-    sizes = [int(torch.Size(s).numel()) for s in shapes]
-    return [t.reshape(s).to(d) for t, s, d in zip(torch.split(flat, sizes), shapes, dtypes)]
+    return flatten([state[n] for n in names], torch.float64)

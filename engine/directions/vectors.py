@@ -10,6 +10,7 @@ positive at every coordinate. Directions hold such a tensor's log-space entries 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,28 @@ def perturbed_tensors(model: nn.Module, over: str) -> list[tuple[str, torch.Tens
     if over == "states":
         named += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
     return named
+
+
+@dataclass
+class PerturbedTensors:
+    """The live tensors a sweep moves, their names, and which of them move in log space (running variances)."""
+
+    names: list[str]
+    tensors: list[torch.Tensor]  # live: the sweep moves these in place
+    logged: list[bool]
+    theta: list[torch.Tensor]  # theta*, detached when taken (before any change of the model's memory format)
+
+    def coordinates(self) -> list[torch.Tensor]:
+        """theta* as directions see it (the log of the log-space tensors)."""
+        return to_coordinates(self.theta, self.logged)
+
+
+def perturbed(model: nn.Module, over: str) -> PerturbedTensors:
+    """What direction.over covers in model ('weights' or 'states'), with the log-space mask."""
+    named = perturbed_tensors(model, over)
+    names = [n for n, _ in named]
+    tensors = [t for _, t in named]
+    return PerturbedTensors(names, tensors, log_space(model, names), [t.detach() for t in tensors])
 
 
 def log_space(model: nn.Module, names: list[str]) -> list[bool]:
@@ -66,16 +89,19 @@ def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: st
     return out
 
 
+def random_raw(theta: list[torch.Tensor], count: int, seed: int) -> list[list[torch.Tensor]]:
+    """`count` seeded Gaussian directions shaped like theta, not yet normalized; drawn on the CPU in float32 so
+    every device agrees."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, w.dtype) for w in theta]
+            for _ in range(count)]
+
+
 def random_directions(
     theta: list[torch.Tensor], count: int, seed: int, norm: str, ignore: str, logged: list[bool] | None = None
 ) -> list[list[torch.Tensor]]:
-    """`count` seeded Gaussian directions, normalized; drawn on the CPU in float32 so every device agrees."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = []
-    for _ in range(count):
-        raw = [torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, w.dtype) for w in theta]
-        dirs.append(normalize(raw, theta, norm, ignore, logged))
-    return dirs
+    """`count` seeded Gaussian directions, normalized against theta."""
+    return [normalize(raw, theta, norm, ignore, logged) for raw in random_raw(theta, count, seed)]
 
 
 def load_directions(
@@ -86,7 +112,7 @@ def load_directions(
     if not path.exists():
         raise UserError(f"direction.path={path} does not exist")
     if path.suffix == ".zarr" or path.is_dir():
-        from engine.store.layout import read_directions
+        from engine.store.read import read_directions
 
         loaded = read_directions(path)
     else:
@@ -111,14 +137,3 @@ def load_directions(
                             "the model's differs; it was made for another model")
         dirs.append([d[n].to(w.device, w.dtype) for n, w in zip(names, theta)])
     return dirs
-
-
-def flatten(direction: list[torch.Tensor]) -> torch.Tensor:
-    """One flat float32 CPU vector of a direction (the store's format)."""
-    return torch.cat([d.detach().reshape(-1).float().cpu() for d in direction])
-
-
-def unflatten(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Split a flat vector back into tensors of the given shapes."""
-    sizes = [int(torch.Size(s).numel()) for s in shapes]
-    return [t.reshape(s) for t, s in zip(torch.split(flat, sizes), shapes)]

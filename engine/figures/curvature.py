@@ -9,10 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
@@ -20,7 +16,7 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from engine.figures.surfaces import CMAP, _check, _grid, _inner, _levels, _limits, _mark, _no_data, _prepare, _save
+from engine.figures import common
 
 DENSITY_FLOOR = 1e-12  # relative to the peak: zeros of the SLQ density are drawn there so the log axis never breaks
 RATIO_CMAP = "YlOrRd"  # light where convex (ratio ~ 0), dark where as curved down as up (ratio >= 1)
@@ -61,12 +57,12 @@ def draw_density(
         ax.plot(np.ma.masked_array(x, mask=missing), np.ma.masked_array(d, mask=missing), color="C0", lw=1.2)
         ax.set_yscale("log")
     else:
-        _no_data(ax)
-        _limits(ax, x[np.isfinite(x)])
+        common.no_data(ax)
+        common.limits(ax, x[np.isfinite(x)])
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.set_title(title)
-    return _save(fig, _out(out_dir), "hessian_density", formats)
+    return common.save(fig, _out(out_dir), "hessian_density", formats)
 
 
 def draw_eigenvalues(
@@ -93,11 +89,11 @@ def draw_eigenvalues(
     if handles:
         ax.legend(handles=handles, loc="best", fontsize=8)
     else:
-        _no_data(ax)
+        common.no_data(ax)
     ax.set_xlabel("rank")
     ax.set_ylabel("eigenvalue")
     ax.set_title(title)
-    return _save(fig, _out(out_dir), "hessian_eigenvalues", formats)
+    return common.save(fig, _out(out_dir), "hessian_eigenvalues", formats)
 
 
 def _signed_norm(data: np.ndarray) -> Normalize:
@@ -112,13 +108,13 @@ def _signed_norm(data: np.ndarray) -> Normalize:
 def _heatmap(fig: Figure, ax: Axes, x: np.ndarray, y: np.ndarray, z: np.ma.MaskedArray, label: str,
              signed: bool) -> None:
     """A nearest-cell heatmap of z (already [j, i]) with a colourbar; a "no data" note when nothing is finite."""
-    levels = _levels(z)
+    levels = common.contour_levels(z)
     if levels is None:
-        _no_data(ax)
-        _limits(ax, x, y)
+        common.no_data(ax)
+        common.limits(ax, x, y)
         return
     norm = _signed_norm(z.compressed()) if signed else Normalize(vmin=levels[0], vmax=levels[-1])
-    mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=SIGNED_CMAP if signed else CMAP, norm=norm)
+    mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=SIGNED_CMAP if signed else common.CMAP, norm=norm)
     fig.colorbar(mesh, ax=ax, label=label)
 
 
@@ -133,13 +129,13 @@ def _ratio_map(fig: Figure, ax: Axes, x: np.ndarray, y: np.ndarray, ratio: np.nd
         mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=RATIO_CMAP, vmin=0.0, vmax=1.0)
         fig.colorbar(mesh, ax=ax, label="|lambda_min / lambda_max|", extend="max" if over else "neither")
     else:
-        _no_data(ax)
-        _limits(ax, x, y)
+        common.no_data(ax)
+        common.limits(ax, x, y)
     if loss is None or min(z.shape) < 2:
         return
-    zl = _grid(loss)
-    levels = _levels(zl)
-    inner = _inner(zl, levels) if levels is not None else np.empty(0)
+    zl = common.masked_grid(loss)
+    levels = common.contour_levels(zl)
+    inner = common.inner(zl, levels) if levels is not None else np.empty(0)
     if inner.size:
         cs = ax.contour(x, y, zl, levels=inner, colors="k", linewidths=0.7)
         ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
@@ -161,12 +157,12 @@ def _curvature_2d(x: np.ndarray, y: np.ndarray, loss: np.ndarray | None, lambda_
             _ratio_map(fig, ax, x, y, ratio, loss)
         else:
             values = lambda_max if stem == "hessian_lambda_max" else lambda_min
-            _heatmap(fig, ax, x, y, _grid(values, auto=False), label, signed=stem == "hessian_lambda_min")
-        _mark(ax, markers)
+            _heatmap(fig, ax, x, y, common.masked_grid(values, auto=False), label, signed=stem == "hessian_lambda_min")
+        common.mark(ax, markers)
         ax.set_xlabel("d1")
         ax.set_ylabel("d2")
         ax.set_title(_titled(title, label))
-        paths += _save(fig, out, stem, formats)
+        paths += common.save(fig, out, stem, formats)
     return paths
 
 
@@ -180,14 +176,14 @@ def _curvature_1d(x: np.ndarray, loss: np.ndarray | None, lambda_max: np.ndarray
     ax = axes[-1][0]
     if loss is not None:
         top = axes[0][0]
-        curve = _prepare(loss)
+        curve = common.prepare(loss)
         top.plot(x, curve, color="k", marker=".", label="loss")
         top.set_ylabel("loss")
         if not curve.count():
-            _no_data(top)
-        _mark(top, markers)
-    lmax, lmin = _prepare(lambda_max, auto=False), _prepare(lambda_min, auto=False)
-    r = _prepare(np.abs(np.asarray(ratio, dtype=float)), auto=False)
+            common.no_data(top)
+        common.mark(top, markers)
+    lmax, lmin = common.prepare(lambda_max, auto=False), common.prepare(lambda_min, auto=False)
+    r = common.prepare(np.abs(np.asarray(ratio, dtype=float)), auto=False)
     handles = ax.plot(x, lmax, color="C0", marker=".", label="lambda_max")
     handles += ax.plot(x, lmin, color="C3", marker=".", label="lambda_min")
     ax.axhline(0.0, color="gray", lw=0.6)
@@ -195,15 +191,15 @@ def _curvature_1d(x: np.ndarray, loss: np.ndarray | None, lambda_max: np.ndarray
     handles += twin.plot(x, r, color="C2", marker=".", ls=":", label="|lambda_min / lambda_max|")
     twin.set_ylabel("|lambda_min / lambda_max|", color="C2")
     if not (lmax.count() or lmin.count() or r.count()):
-        _no_data(ax)
-    _limits(ax, x)
-    _mark(ax, markers)
+        common.no_data(ax)
+    common.limits(ax, x)
+    common.mark(ax, markers)
     handles += [line for line in ax.get_lines() if line not in handles and not line.get_label().startswith("_")]
     ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_xlabel("d1")
     ax.set_ylabel("eigenvalue")
     axes[0][0].set_title(title)
-    return _save(fig, out, "hessian_curvature_1d", formats)
+    return common.save(fig, out, "hessian_curvature_1d", formats)
 
 
 def draw_curvature_maps(
@@ -227,7 +223,7 @@ def draw_curvature_maps(
     if loss is not None:
         arrays["loss"] = loss
     for name, values in arrays.items():
-        _check(coords, values, name)
+        common.check_shape(coords, values, name)
     markers = dict(markers or {})
     for name, point in markers.items():
         if len(point) != len(coords):

@@ -6,7 +6,6 @@ built once on the device and reused for every grid point.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +13,6 @@ from hydra.utils import get_object
 
 from engine.config.schema import DataConfig
 from engine.core.errors import UserError
-from engine.sources.losses import StreamedBatches, evaluate
 
 
 @dataclass
@@ -89,44 +87,3 @@ def subsample(split: Split, samples: int | None, seed: int = 0) -> Split:
         return split
     idx = torch.randperm(len(split.y), generator=torch.Generator().manual_seed(seed))[:samples]
     return Split(split.x[idx], split.y[idx])
-
-
-def device_batches(split: Split, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Cut the split into batches once and move them to the device; reused for every grid point."""
-    return [
-        (split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device))
-        for i in range(0, len(split.y), batch_size)
-    ]
-
-
-def choose_batch_size(
-    model: torch.nn.Module, split: Split, device: torch.device, precision: str = "fp32", smallest: int = 32
-) -> int:
-    """The eval batch size with the least time per pass over the split: 32, 64, ... up to the whole split.
-
-    Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best.
-    """
-    sizes = [b for b in (smallest << i for i in range(12)) if b < len(split.y)] + [len(split.y)]
-    best_b, best_t = sizes[0], float("inf")
-    for b in sizes:
-        batches = device_batches(split, b, device)
-        evaluate(model, batches, precision)
-        start = time.perf_counter()
-        evaluate(model, batches, precision)
-        seconds = time.perf_counter() - start
-        if seconds < best_t:
-            best_b, best_t = b, seconds
-        elif seconds > 1.2 * best_t:
-            break
-    return best_b
-
-
-def eval_batches(
-    split: Split, batch_size: int, device: torch.device, cache: str = "auto", memory_gb: float = 2.0,
-) -> list[tuple[torch.Tensor, torch.Tensor]] | StreamedBatches:
-    """The eval batches as the config asks: cached on the device (auto: when they take under half the memory
-    budget), or streamed from pinned host memory for eval sets that do not fit."""
-    fits = split.x.numel() * split.x.element_size() <= memory_gb * 2**30 / 2
-    if cache == "device" or (cache == "auto" and (fits or device.type == "cpu")):
-        return device_batches(split, batch_size, device)
-    return StreamedBatches(device_batches(split, batch_size, torch.device("cpu")), device)

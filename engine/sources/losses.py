@@ -4,7 +4,7 @@ batch (sums stay on the device and are read once per point), optional autocast o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,12 @@ def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (columns - top).exp_().sum(0).log_().add_(margin).sum(dtype=torch.float64)
 
 
+def autograd_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy that gradients and Hessian-vector products differentiate: one fused float32 kernel
+    (the float64 item sum of summed_cross_entropy is for reported values, where digits of a small loss matter)."""
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
 def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dict[str, float]:
     """Mean loss and accuracy (a fraction in [0, 1]) of model over all batches; one host sync at the end."""
     loss_sum: torch.Tensor | None = None
@@ -63,41 +69,3 @@ def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dic
     if loss_sum is None or correct is None:
         raise UserError("the eval split is empty; check eval.samples and data")
     return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
-
-
-class StreamedBatches:
-    """Eval batches held in (pinned) host memory and copied to the device on every pass, the next batch's copy
-    overlapping the current batch's compute on a side CUDA stream: for eval sets larger than device memory."""
-
-    def __init__(self, host: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
-        cuda = device.type == "cuda"
-        self.host = [(x.pin_memory(), y.pin_memory()) if cuda else (x, y) for x, y in host]
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.host)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.host[i]
-        return x.to(self.device), y.to(self.device)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.device.type != "cuda":
-            yield from self.host
-            return
-        side = torch.cuda.Stream(self.device)
-
-        def load(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.cuda.stream(side):
-                x, y = self.host[i]
-                return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-        nxt = load(0)
-        for i in range(len(self.host)):
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            x, y = nxt
-            x.record_stream(torch.cuda.current_stream(self.device))
-            y.record_stream(torch.cuda.current_stream(self.device))
-            if i + 1 < len(self.host):
-                nxt = load(i + 1)
-            yield x, y

@@ -5,11 +5,8 @@ Also loads checkpoints, refusing one that does not fit the model with a line nam
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,53 +107,3 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         f"unknown model name {cfg.name!r}: use resnet<6n+2> (resnet20, resnet56, resnet110), "
         "plain<6n+2> (plain20, ...), mlp, or custom with model._target_"
     )
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load weights from a checkpoint ({'state_dict': ...} or a bare state_dict) into model, checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; give model.checkpoint=<existing .pt file>")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"checkpoint {path} cannot be read as a torch checkpoint ({type(err).__name__})") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"checkpoint {path} holds no state_dict of tensors")
-    check_state_fits(model, state, str(path))
-    model.load_state_dict(state)
-    return blob
-
-
-def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Raise a UserError naming the first missing, unexpected or mis-shaped keys of state for model."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else ""))
-    if shapes:
-        problems.append(f"shape {'; '.join(shapes[:3])}" + (" ..." if len(shapes) > 3 else ""))
-    if problems:
-        raise UserError(
-            f"checkpoint {origin} does not fit model {type(model).__name__}: {' | '.join(problems)}; "
-            "check model.name / model.width / data against what the checkpoint was trained with"
-        )
-
-
-def state_fingerprint(model: nn.Module) -> str:
-    """A short hash of every tensor of the model's state, to tell which weights a store was made from."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -11,9 +11,10 @@ from torch import nn
 
 from engine.config.schema import TrainConfig
 from engine.core.errors import UserError
-from engine.sources.data import DataBundle, device_batches
+from engine.sources.batches import device_batches
+from engine.sources.checkpoints import load_checkpoint
+from engine.sources.data import DataBundle
 from engine.sources.losses import evaluate
-from engine.sources.models import load_checkpoint
 
 
 def train_model(

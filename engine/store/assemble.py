@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.curvature.sharpness import surface_sharpness
-from engine.store.layout import Surface, read_surface
+from engine.store.read import Surface, read_surface
 
 
 def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float = 0.25) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def local_minima(loss: np.ndarray) -> int:
 def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | None = None,
              sharpness_radius: float = 0.25) -> dict[str, Any]:
     """Read a store, summarize it and write summary.json beside it (or at `out`)."""
-    from engine.curvature.spectra import read_spectrum
+    from engine.store.spectra import read_spectrum
 
     surface = read_surface(store_path)
     summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}

@@ -24,11 +24,12 @@ import zarr
 from engine import __version__
 from engine.config.schema import config_diff, config_hash
 from engine.core.errors import UserError
-from engine.directions.vectors import flatten, unflatten
+from engine.core.flat import flatten
 from engine.sources.losses import METRICS
 from engine.store.grid import GridPlan
 
-FORMAT = "landscape-engine/1"
+FORMAT = "landscape-engine/1"  # a landscape store (landscape.zarr)
+SPECTRUM_FORMAT = "landscape-engine/spectrum/1"  # a spectrum-only store (landscape-spectrum's spectrum.zarr)
 
 
 @dataclass
@@ -53,7 +54,7 @@ def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> za
     """
     path = Path(path)
     if path.exists():
-        attrs = _attrs_or_none(path)
+        attrs = store_attrs(path)
         if attrs is None or attrs.get("creating"):
             if attrs is None and not overwrite:
                 raise UserError(f"{path} exists and is not a landscape store; remove it or set store.overwrite=true")
@@ -64,7 +65,8 @@ def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> za
     return _create(path, spec)
 
 
-def _attrs_or_none(path: Path) -> dict[str, Any] | None:
+def store_attrs(path: Path) -> dict[str, Any] | None:
+    """The root attributes of a landscape store at path, or None when it is none."""
     try:
         attrs = dict(zarr.open_group(path, mode="r").attrs)
     except Exception:
@@ -127,71 +129,25 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
     return root
 
 
-def _level(root: zarr.Group, level: str) -> zarr.Group:
+def level_group(root: zarr.Group, level: str) -> zarr.Group:
+    """The group holding one level's arrays: the root for the full grid, root[level] for 'preview'."""
     return root[level] if level else root
 
 
-def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tuple[int, ...]]:
-    """Tiles of a level whose done flag is unset, in the plan's (coarse-to-fine) order."""
-    done = np.asarray(_level(root, level)["done"][...])
-    return [t for t in plan.tiles() if not done[t]]
-
-
-def write_tile(
-    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
-) -> None:
-    """Write one tile's metric chunks, then (only then) its done flag."""
-    group, sl = _level(root, level), plan.tile_slices(tile)
-    for metric, array in values.items():
-        group[metric][sl] = array
-    group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
-
-
-def read_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
-    """The directions saved in a store, as a list of {tensor name: tensor}."""
-    root = _open_existing(path)
-    group = root["directions"]
-    out = []
-    for k in range(len(list(group.array_keys()))):
-        arr = group[f"d{k}"]
-        names, shapes = arr.attrs["names"], [tuple(s) for s in arr.attrs["shapes"]]
-        out.append(dict(zip(names, unflatten(torch.from_numpy(np.asarray(arr[:])), shapes))))
-    return out
-
-
-@dataclass
-class Surface:
-    """What a store holds, read back as numpy: coordinates, metric arrays, done flags and attributes."""
-
-    coords: tuple[np.ndarray, ...]
-    metrics: dict[str, np.ndarray]
-    done: np.ndarray
-    attrs: dict[str, Any]
-
-
-def read_surface(path: str | Path, level: str = "") -> Surface:
-    """Read one level of a store (the full grid by default, or 'preview'); not for writing."""
-    root = _open_existing(path)
-    attrs = dict(root.attrs)
-    if level and level not in attrs.get("levels", []):
-        raise UserError(f"store {path} has no {level!r} level")
-    group = _level(root, level)
-    coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
-    metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
-    return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
-
-
-def read_array(path: str | Path, name: str) -> np.ndarray | None:
-    """An extra array of a store (e.g. trajectory/coords), or None when the store has none."""
-    try:
-        return np.asarray(_open_existing(path)[name][...])
-    except KeyError:
-        return None
-
-
-def _open_existing(path: str | Path) -> zarr.Group:
+def open_existing(path: str | Path, mode: str = "r") -> zarr.Group:
+    """A finished landscape store, for reading ('r') or for adding results to it ('r+'); refused otherwise."""
     path = Path(path)
-    attrs = _attrs_or_none(path) if path.exists() else None
+    attrs = store_attrs(path) if path.exists() else None
     if attrs is None or attrs.get("creating"):
         raise UserError(f"{path} is not a landscape store (expected a .zarr folder written by `landscape`)")
-    return zarr.open_group(path, mode="r")
+    return zarr.open_group(path, mode=mode)
+
+
+def set_attribute(path: str | Path, key: str, value: Any) -> None:
+    """Store one result (e.g. epsilon_sharpness) in a store's root attributes."""
+    open_existing(path, "r+").attrs[key] = value
+
+
+def get_attribute(path: str | Path, key: str) -> Any:
+    """One result from a store's root attributes, or None when the store has none."""
+    return open_existing(path).attrs.get(key)

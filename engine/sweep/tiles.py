@@ -16,21 +16,14 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from engine.core.dist import DistEnv, TileCounter, barrier
+from engine.core.dist import DistEnv, barrier
 from engine.store.grid import GridPlan
-from engine.store.layout import pending_tiles, write_tile
+from engine.store.tiles import Work, pending_work, write_tile
+from engine.sweep.counter import TileCounter
 from engine.sweep.vectorized import PointRunner
 
 log = logging.getLogger(__name__)
 _SWEEPS = itertools.count()  # every rank sweeps in the same order, so the n-th sweep's counter keys agree
-
-Work = tuple[str, tuple[int, ...]]
-
-
-def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:
-    """Every (level, tile) whose done flag is unset, coarse level first, each level coarse to fine."""
-    return [(level, t) for level, plan in levels.items() for t in pending_tiles(root, plan, level)]
-
 
 def sweep_tiles(
     runner: PointRunner,

@@ -1,0 +1,285 @@
+"""The stages of a run, each a plain function returning a plain value, so each can be called and tested alone:
+the model, the eval split, the directions, the store, the eval batches, the runner, the sweep, the spectrum, the
+sharpness, the summary and the figures. `run_landscape` and `run_spectrum` are these calls in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config.record import write_config_record
+from engine.config.schema import RunConfig
+from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_main, tensors_hash
+from engine.core.hostalloc import keep_freed_memory
+from engine.curvature.sharpness import epsilon_sharpness
+from engine.curvature.spectra import (
+    CURVATURE_METRICS,
+    CurvatureProbe,
+    compute_spectrum,
+    hessian_batches,
+    hessian_directions,
+    hessian_params,
+)
+from engine.directions.factory import make_directions
+from engine.directions.kinds import Directions
+from engine.directions.vectors import PerturbedTensors
+from engine.figures.draw import draw
+from engine.sources.batches import device_batches, eval_batches
+from engine.sources.batchnorm import BatchNormRecalibrator
+from engine.sources.checkpoints import load_checkpoint, state_fingerprint
+from engine.sources.data import DataBundle, Split, subsample
+from engine.sources.losses import METRICS, Batches, autograd_cross_entropy
+from engine.sources.models import build_model
+from engine.sources.train import train_model
+from engine.store.assemble import assemble
+from engine.store.grid import GridPlan
+from engine.store.layout import StoreSpec, get_attribute, open_existing, open_store, set_attribute
+from engine.store.lease import StoreLease
+from engine.store.spectra import stored_spectrum_config, write_spectrum
+from engine.store.tiles import Work, pending_work
+from engine.sweep.runner import choose_batch_size, make_runner
+from engine.sweep.tiles import sweep_tiles
+from engine.sweep.vectorized import PointRunner
+
+DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
+
+Say = Callable[[str], None]
+
+
+def console(log: bool, env: DistEnv) -> Say:
+    """Where the run's console lines go: printed on rank 0 when log is on, dropped elsewhere."""
+    return print if (log and env.is_main) else (lambda _: None)
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    """The run's folder: <out_dir>/<name>."""
+    return Path(cfg.out_dir) / cfg.name
+
+
+def store_path_of(cfg: RunConfig) -> Path:
+    """The run's landscape store: store.path, else <run dir>/landscape.zarr."""
+    return Path(cfg.store.path) if cfg.store.path else run_dir_of(cfg) / "landscape.zarr"
+
+
+def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = True) -> nn.Module:
+    """Build the model and give it its weights: the configured checkpoint, or trained ones (rank 0 trains)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    if cfg.model.checkpoint:
+        load_checkpoint(model, cfg.model.checkpoint)
+    else:
+        ckpt_dir = run_dir_of(cfg) / "checkpoints"
+        on_main(env, lambda: train_model(model, data, cfg.train, ckpt_dir, env.device, log=log))
+        barrier()
+        if not env.is_main:
+            load_checkpoint(model, ckpt_dir / "final.pt")
+    return model.to(env.device).eval()
+
+
+def eval_split(cfg: RunConfig, data: DataBundle) -> Split:
+    """The samples every grid point is evaluated on: eval.samples of the eval split (seeded)."""
+    return subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
+
+
+def uses_channels_last(cfg: RunConfig, split: Split) -> bool:
+    """eval.channels_last, or (left null) whether the inputs are images."""
+    return cfg.eval.channels_last if cfg.eval.channels_last is not None else split.x.dim() == 4
+
+
+def to_channels_last(model: nn.Module, split: Split) -> tuple[nn.Module, Split]:
+    """The model and the split in channels_last memory format (faster convolutions; same parameter objects)."""
+    return model.to(memory_format=torch.channels_last), Split(split.x.contiguous(memory_format=torch.channels_last),
+                                                             split.y)
+
+
+def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bool = False) -> Batches:
+    """The Hessian's batches when a spectrum, a curvature map or Hessian directions are asked for (or always),
+    else none."""
+    h = cfg.hessian
+    if always or h.spectrum or h.curvature or cfg.direction.kind == "hessian":
+        return hessian_batches(split, h, cfg.data.seed, env.device)
+    return []
+
+
+def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, plan: GridPlan,
+                     hvp_batches: Batches, env: DistEnv) -> Directions:
+    """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
+    def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
+        return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim)
+
+    return make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes)
+
+
+def agree_across_ranks(env: DistEnv, model: nn.Module, made: Directions) -> str:
+    """Refuse to go on unless every rank holds the same weights and directions; returns the weights' fingerprint."""
+    fingerprint = state_fingerprint(model)
+    check_same(env, "model weights (fingerprints)", fingerprint)
+    check_same(env, "directions (hashes)", tensors_hash([t for dk in made.directions for t in dk]))
+    return fingerprint
+
+
+def trajectory_note(made: Directions, plan: GridPlan) -> str | None:
+    """A hint with the grid range that shows the whole projected trajectory, when it runs beyond the grid."""
+    if made.trajectory is None:
+        return None
+    lo, hi = made.trajectory.min(0), made.trajectory.max(0)
+    if not any(lo[k] < c[0] or hi[k] > c[-1] for k, c in enumerate(plan.coords)):
+        return None
+    pad = 0.1 * (hi - lo)
+    return (f"note: the projected trajectory spans x [{lo[0]:.3g}, {hi[0]:.3g}], y [{lo[1]:.3g}, {hi[1]:.3g}]: "
+            f"beyond the grid; grid.x=[{lo[0] - pad[0]:.3g},{hi[0] + pad[0]:.3g}] "
+            f"grid.y=[{lo[1] - pad[1]:.3g},{hi[1] + pad[1]:.3g}] shows it whole")
+
+
+def store_spec(cfg: RunConfig, resolved: dict[str, Any], levels: dict[str, GridPlan], target: PerturbedTensors,
+               made: Directions, fingerprint: str) -> StoreSpec:
+    """What the store is created from (and checked against when it exists): config, grid, directions, weights."""
+    ndim = levels[""].ndim
+    metrics = METRICS + (CURVATURE_METRICS if cfg.hessian.curvature else ())
+    extra: dict[str, Any] = {"markers": made.markers or {"theta*": [0.0] * ndim}, "axis_labels": made.axis_labels}
+    if made.explained is not None:
+        extra["explained_variance"] = made.explained
+    if any(target.logged):
+        extra["log_space"] = [n for n, m in zip(target.names, target.logged) if m]
+    arrays = {"trajectory/coords": made.trajectory} if made.trajectory is not None else {}
+    return StoreSpec(resolved, levels, target.names, [tuple(t.shape) for t in target.tensors], made.directions,
+                     fingerprint, metrics, extra, arrays)
+
+
+@contextmanager
+def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: DistEnv) -> Iterator[Path]:
+    """Rank 0 takes the store's lease and opens (or creates) the store, refusing one of another config; the lease
+    is held until the block ends. Only then does the run folder get its config record and rank logs."""
+    run_dir, path = run_dir_of(cfg), store_path_of(cfg)
+    lease = StoreLease(path, ttl=cfg.store.lease_ttl)
+
+    def create() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lease.acquire()
+        try:
+            open_store(path, spec, overwrite=cfg.store.overwrite)
+        except BaseException:
+            lease.release()
+            raise
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        write_config_record(run_dir)  # .hydra/ of a CLI job, now that the store accepted this config
+
+    on_main(env, create)
+    try:
+        barrier()
+        rank_log(run_dir, env)  # only once the store accepted this config: a refused rerun leaves the folder as it was
+        if cfg.eval.host_malloc and env.device.type == "cpu":
+            keep_freed_memory()
+        yield path
+    finally:
+        if env.is_main:
+            lease.release()
+
+
+def rank_log(run_dir: Path, env: DistEnv) -> None:
+    """Send this rank's engine log records to <run dir>/logs/rank<N>.log."""
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("engine")
+    path = str((run_dir / "logs" / f"rank{env.rank}.log").resolve())
+    for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:  # an earlier run's (multirun)
+        logger.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # per-tile lines go to the rank's file, not the console (rank 0 shows a bar)
+
+
+def tuning_plan(levels: dict[str, GridPlan], store: Path) -> GridPlan | None:
+    """The grid to time the batch size and K on, or None when no tile is pending (nothing to evaluate or time)."""
+    return levels[""] if pending_work(levels, open_existing(store)) else None
+
+
+def batches_stage(cfg: RunConfig, model: nn.Module, split: Split, env: DistEnv,
+                  tune_on: GridPlan | None) -> tuple[Batches, int]:
+    """The eval batches and their size: eval.batch_size, else the fastest size timed on rank 0."""
+    e = cfg.eval
+    batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
+        model, subsample(split, 4096), env.device, e.precision))) if tune_on is not None else DEFAULT_BATCH)
+    return eval_batches(split, batch_size, env.device, e.cache, e.memory_gb), batch_size
+
+
+def recalibrator(cfg: RunConfig, data: DataBundle, model: nn.Module, batch_size: int, env: DistEnv,
+                 channels_last: bool) -> BatchNormRecalibrator | None:
+    """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point."""
+    if not cfg.eval.recalibrate_bn:
+        return None
+    train = subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed)
+    if channels_last:
+        train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
+    return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device))
+
+
+def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, made: Directions, batches: Batches,
+                 env: DistEnv, tune_on: GridPlan | None, recalibrate: BatchNormRecalibrator | None,
+                 hvp_batches: Batches) -> PointRunner:
+    """The point runner, with the curvature probe attached when curvature maps are asked for."""
+    runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
+                         recalibrate, target.logged)
+    if cfg.hessian.curvature:
+        runner.curvature = CurvatureProbe(model, hessian_params(target.tensors), hvp_batches, cfg.hessian)
+    return runner
+
+
+def sweep_stage(runner: PointRunner, levels: dict[str, GridPlan], store: Path, cfg: RunConfig,
+                env: DistEnv) -> list[Work]:
+    """Every pending tile of the store, claimed rank by rank; returns the tiles this rank computed."""
+    tiles = sweep_tiles(runner, levels, open_existing(store, "r+"), progress=cfg.eval.progress, env=env)
+    barrier()
+    return tiles
+
+
+def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: Batches, cfg: RunConfig,
+                   resolved: dict[str, Any], env: DistEnv, store: Path, say: Say) -> None:
+    """Spectra at theta* into the store's hessian/ group (all ranks compute, rank 0 writes); skipped when the
+    store already holds a spectrum computed with the same hessian settings."""
+    h, settings = cfg.hessian, resolved["hessian"]
+    if stored_spectrum_config(store) == settings:
+        say("spectrum: already in the store with these hessian settings")
+        return
+    say(f"spectrum at theta*: top {h.top_k} eigenpairs, traces, SLQ density ({env.world_size} rank(s))")
+    spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env)
+    on_main(env, lambda: write_spectrum(store, spectrum, settings))
+    barrier()
+
+
+def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv, store: Path) -> None:
+    """Keskar et al.'s epsilon-sharpness at theta* into the store's attributes (summary.json reads it there)."""
+    s = cfg.summary
+    batches = device_batches(subsample(split, s.sharpness_samples, cfg.data.seed), 256, env.device)
+    count = sum(len(y) for _, y in batches)
+    old = get_attribute(store, "epsilon_sharpness") or {}
+    if (old.get("epsilon"), old.get("steps"), old.get("samples")) == (s.epsilon, s.epsilon_steps, count):
+        return  # already in the store (a resumed or repeated run)
+
+    def mean_loss() -> torch.Tensor:
+        return sum(autograd_cross_entropy(model(x).float(), y) for x, y in batches) / count
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed)
+    set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
+
+
+def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:
+    """summary.json of the store (rank 0): center, minimum, basins, sharpness, curvature and spectrum numbers."""
+    return assemble(store, cfg.summary.basin_rise, run_dir_of(cfg) / "summary.json", cfg.summary.sharpness_radius)
+
+
+def figures_stage(cfg: RunConfig, store: Path) -> list[Path]:
+    """Every figure of the store into <run dir>/figures (rank 0), unless plot.enabled is off."""
+    return draw(store, run_dir_of(cfg) / "figures", cfg.plot) if cfg.plot.enabled else []

@@ -1,0 +1,45 @@
+"""The one place that turns direction.kind into directions: random, hessian and file directions are drawn, computed
+or loaded raw and normalized here (and only here); interpolation, plane and pca keep the checkpoints' geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.config.schema import DirectionConfig
+from engine.directions import checkpoints
+from engine.directions.kinds import Directions
+from engine.directions.vectors import PerturbedTensors, load_directions, normalize, random_raw
+
+HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim Hessian eigenvectors at theta*
+
+
+def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTensors, ndim: int, run_dir: Path,
+                    hessian_axes: HessianAxes | None = None) -> Directions:
+    """The `ndim` directions of direction.kind over the perturbed tensors, with their markers and labels.
+
+    hessian_axes computes the top Hessian eigenvectors (direction=hessian only); pca reads this run's checkpoints/
+    unless direction.trajectory names another folder.
+    """
+    theta, logged = target.theta, target.logged
+    in_log = {n for n, m in zip(target.names, logged) if m}
+    if d.kind == "interpolation":
+        return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log)
+    if d.kind == "plane":
+        return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log)
+    if d.kind == "pca":
+        folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
+        return checkpoints.pca(folder, model, target.names, theta, in_log)
+    coordinates = target.coordinates()
+    if d.kind == "random":
+        raw = random_raw(coordinates, ndim, d.seed)
+    elif d.kind == "hessian":
+        if hessian_axes is None:
+            raise ValueError("direction=hessian needs hessian_axes")
+        raw = hessian_axes(ndim)
+    else:
+        raw = load_directions(d.path, target.names, theta, ndim)
+    return Directions([normalize(r, coordinates, d.norm, d.ignore, logged) for r in raw])

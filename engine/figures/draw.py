@@ -1,0 +1,58 @@
+"""Every figure of a store, drawn from the store alone (after a run, or again with `landscape-plot`): the surfaces,
+the curvature maps and the spectra it holds; a partial store draws its complete coarse preview, marked as such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config.schema import PlotConfig
+from engine.curvature.spectra import CURVATURE_METRICS
+from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
+from engine.figures.surfaces import draw_surfaces
+from engine.sources.losses import METRICS
+from engine.store.grid import PREVIEW
+from engine.store.read import Surface, read_array, read_surface
+from engine.store.spectra import read_spectrum
+
+
+def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
+    """The full surface when complete; else the complete coarse preview if there is one; and a title suffix."""
+    surface = read_surface(store_path)
+    if bool(surface.done.all()):
+        return surface, ""
+    done = f"{int(surface.done.sum())}/{surface.done.size} tiles done"
+    if PREVIEW in surface.attrs.get("levels", []):
+        preview = read_surface(store_path, PREVIEW)
+        if bool(preview.done.all()):
+            return preview, f" [partial: coarse preview, {done}]"
+    return surface, f" [partial: {done}]"
+
+
+def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> list[Path]:
+    """Draw every figure of a store into out_dir (redraws from the store alone, no recompute).
+
+    While the full grid is incomplete, the complete coarse preview is drawn instead, marked as partial.
+    """
+    plot = plot or PlotConfig()
+    surface, state = surface_to_draw(store_path)
+    conf = surface.attrs["config"]
+    title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
+    markers = surface.attrs.get("markers") or {"theta*": [0.0 for _ in surface.coords]}
+    markers = {name: tuple(point) for name, point in markers.items()}
+    m = surface.metrics
+    formats = list(plot.formats)
+    labels = surface.attrs.get("axis_labels", ["d1", "d2"])
+    trajectory = read_array(store_path, "trajectory/coords") if len(surface.coords) == 2 else None
+    paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if k in METRICS}, out_dir, title=title,
+                          axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
+                          markers=markers, path=trajectory)
+    if all(k in m for k in CURVATURE_METRICS):
+        paths += draw_curvature_maps(tuple(surface.coords), m["loss"], *(m[k] for k in CURVATURE_METRICS), out_dir,
+                                     formats=formats, title=title, markers=markers)
+    spectrum = read_spectrum(store_path)
+    if spectrum is not None:
+        name = f"{conf['model']['name']} on {conf['data']['name']}, Hessian at theta*"
+        paths += draw_density(spectrum.grid, spectrum.density, out_dir, formats=formats, title=name)
+        paths += draw_eigenvalues(spectrum.eigenvalues, out_dir, formats=formats, title=name,
+                                  lambda_min=spectrum.lambda_min)
+    return paths

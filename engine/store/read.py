@@ -1,0 +1,56 @@
+"""Reading a finished store back as numpy: one level's surfaces, extra arrays, and the saved directions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.core.errors import UserError
+from engine.core.flat import unflatten
+from engine.store.layout import level_group, open_existing
+
+
+def read_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
+    """The directions saved in a store, as a list of {tensor name: tensor}."""
+    root = open_existing(path)
+    group = root["directions"]
+    out = []
+    for k in range(len(list(group.array_keys()))):
+        arr = group[f"d{k}"]
+        names, shapes = arr.attrs["names"], [tuple(s) for s in arr.attrs["shapes"]]
+        out.append(dict(zip(names, unflatten(torch.from_numpy(np.asarray(arr[:])), shapes))))
+    return out
+
+
+@dataclass
+class Surface:
+    """What a store holds, read back as numpy: coordinates, metric arrays, done flags and attributes."""
+
+    coords: tuple[np.ndarray, ...]
+    metrics: dict[str, np.ndarray]
+    done: np.ndarray
+    attrs: dict[str, Any]
+
+
+def read_surface(path: str | Path, level: str = "") -> Surface:
+    """Read one level of a store (the full grid by default, or 'preview'); not for writing."""
+    root = open_existing(path)
+    attrs = dict(root.attrs)
+    if level and level not in attrs.get("levels", []):
+        raise UserError(f"store {path} has no {level!r} level")
+    group = level_group(root, level)
+    coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
+    metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
+    return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray | None:
+    """An extra array of a store (e.g. trajectory/coords), or None when the store has none."""
+    try:
+        return np.asarray(open_existing(path)[name][...])
+    except KeyError:
+        return None

@@ -1,0 +1,32 @@
+"""Tiles in the store: which are still pending (done flag unset) and how one is written (data first, then its flag)."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from engine.store.grid import GridPlan
+from engine.store.layout import level_group
+
+Work = tuple[str, tuple[int, ...]]  # (level, tile index): '' is the full grid, 'preview' the coarse lattice
+
+
+def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tuple[int, ...]]:
+    """Tiles of a level whose done flag is unset, in the plan's (coarse-to-fine) order."""
+    done = np.asarray(level_group(root, level)["done"][...])
+    return [t for t in plan.tiles() if not done[t]]
+
+
+def write_tile(
+    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
+) -> None:
+    """Write one tile's metric chunks, then (only then) its done flag."""
+    group, sl = level_group(root, level), plan.tile_slices(tile)
+    for metric, array in values.items():
+        group[metric][sl] = array
+    group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
+
+
+def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:
+    """Every (level, tile) whose done flag is unset, coarse level first, each level coarse to fine."""
+    return [(level, t) for level, plan in levels.items() for t in pending_tiles(root, plan, level)]

@@ -1,0 +1,88 @@
+"""The point runner of a sweep: how one batch of grid points is evaluated (K stacked points under vmap, or in place
+with the graph rewrites), and the eval batch size, both chosen by timing on rank 0 when not configured."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config.schema import RunConfig
+from engine.core.dist import DistEnv, broadcast_value, on_main
+from engine.sources.batches import device_batches
+from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
+from engine.sources.data import Split
+from engine.sources.losses import evaluate
+from engine.store.grid import GridPlan
+from engine.sweep.perturb import Perturber
+from engine.sweep.rewrite import rewrite
+from engine.sweep.vectorized import PointRunner, choose_k, make_evaluator, points_per_pass
+
+log = logging.getLogger("engine")
+
+
+def make_runner(
+    cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
+    directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune_on: GridPlan | None,
+    end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
+    logged: list[bool] | None = None,
+) -> PointRunner:
+    """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
+
+    eval.points_per_pass fixes K; left null, rank 0 times K = 1, 2, 4, ... up to what eval.memory_gb allows
+    on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
+    """
+    e = cfg.eval
+    perturber = Perturber(tensors, directions, end, recalibrate,
+                          batchnorm_buffers(model) if recalibrate is not None else None, logged)
+    theta = [t.detach() for t in tensors]
+    in_place_only = end is not None or recalibrate is not None  # lerped points, per-point BN statistics
+    on = set(e.rewrites)
+    fast: nn.Module | None = None
+    if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
+        fast = torch.compile(model)
+    elif on:
+        fast = rewrite(
+            model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
+            input_products="input_products" in on and isinstance(batches, list) and end is None,
+            in_place="in_place" in on,
+            transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
+        if fast is not None:
+            fast.register([x for x, _ in batches])
+    evaluator = None if e.points_per_pass == 1 or in_place_only else make_evaluator(
+        model, names, theta, directions, batches, e.precision, logged)
+    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
+    if e.points_per_pass is None and evaluator is not None and tune_on is not None:
+        k_max = points_per_pass(model, theta, batches, e.memory_gb)
+        grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
+        with perturber.active():
+            picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max))
+        runner.k = broadcast_value(env, picked)
+        log.info("points per pass: K=%d (memory allows %d)", runner.k, k_max)
+    return runner
+
+
+def choose_batch_size(
+    model: torch.nn.Module, split: Split, device: torch.device, precision: str = "fp32", smallest: int = 32
+) -> int:
+    """The eval batch size with the least time per pass over the split: 32, 64, ... up to the whole split.
+
+    Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best.
+    """
+    sizes = [b for b in (smallest << i for i in range(12)) if b < len(split.y)] + [len(split.y)]
+    best_b, best_t = sizes[0], float("inf")
+    for b in sizes:
+        batches = device_batches(split, b, device)
+        evaluate(model, batches, precision)
+        start = time.perf_counter()
+        evaluate(model, batches, precision)
+        seconds = time.perf_counter() - start
+        if seconds < best_t:
+            best_b, best_t = b, seconds
+        elif seconds > 1.2 * best_t:
+            break
+    return best_b
