@@ -22,8 +22,10 @@ import zarr
 from engine.config.schema import DataConfig, GridConfig, ModelConfig
 from engine.core.dist import DistEnv
 from engine.directions.vectors import perturbed_tensors, random_directions
-from engine.sources.data import device_batches, load_data, subsample
-from engine.sources.models import build_model, state_fingerprint
+from engine.sources.batches import device_batches
+from engine.sources.checkpoints import state_fingerprint
+from engine.sources.data import load_data, subsample
+from engine.sources.models import build_model
 from engine.store.grid import make_levels
 from engine.store.layout import StoreSpec, open_store
 from engine.sweep.perturb import Perturber

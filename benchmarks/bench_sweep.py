@@ -49,11 +49,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from engine.config.schema import GridConfig
 from engine.core.hostalloc import keep_freed_memory
 from engine.directions.vectors import perturbed_tensors, random_directions
-from engine.sources.data import Split, device_batches, synthetic_images
+from engine.sources.batches import device_batches
+from engine.sources.checkpoints import state_fingerprint
+from engine.sources.data import Split, synthetic_images
 from engine.sources.losses import Batches, evaluate
-from engine.sources.models import MLP, CifarResNet, state_fingerprint
+from engine.sources.models import MLP, CifarResNet
 from engine.store.grid import GridPlan, make_plan
-from engine.store.layout import StoreSpec, open_store, read_surface
+from engine.store.layout import StoreSpec, open_store
+from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.tiles import sweep_tiles

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.app import stages
+from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import on_main, process_group
 from engine.directions.vectors import perturbed
@@ -36,6 +37,7 @@ class RunResult:
 
 def run_train(cfg: RunConfig) -> Path:
     """The train stage alone: per-epoch checkpoints and final.pt under <run dir>/checkpoints."""
+    check_combination(cfg)
     with process_group(cfg.eval.device) as env:
         stages.prepare_model(cfg, load_data(cfg.data), env)
     return stages.run_dir_of(cfg) / "checkpoints" / "final.pt"
@@ -44,6 +46,7 @@ def run_train(cfg: RunConfig) -> Path:
 def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> RunResult:
     """Train or load, sweep the grid into the store (resuming), summarize and draw; returns the outputs."""
     start = time.perf_counter()
+    stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
         levels = make_levels(cfg.grid)

@@ -32,6 +32,7 @@ def spectrum_settings(resolved: dict[str, Any], fingerprint: str) -> dict[str, A
 
 def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> tuple[Path, Spectrum]:
     """Train or load the model, compute its spectra at theta* (all ranks), and write store, JSON and figures."""
+    stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
         data = load_data(cfg.data)

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config.cross import PCA_MIN_CHECKPOINTS, check_combination
 from engine.config.record import write_config_record
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_main, tensors_hash
+from engine.core.errors import UserError
 from engine.core.hostalloc import keep_freed_memory
 from engine.curvature.sharpness import epsilon_sharpness
 from engine.curvature.spectra import (
@@ -30,6 +32,7 @@ from engine.curvature.spectra import (
 )
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
+from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.figures.draw import draw
 from engine.sources.batches import device_batches, eval_batches
@@ -67,6 +70,28 @@ def run_dir_of(cfg: RunConfig) -> Path:
 def store_path_of(cfg: RunConfig) -> Path:
     """The run's landscape store: store.path, else <run dir>/landscape.zarr."""
     return Path(cfg.store.path) if cfg.store.path else run_dir_of(cfg) / "landscape.zarr"
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Refuse, before any data is loaded or a model trained, a config whose settings contradict each other or whose
+    input files are missing (the checkpoints, the direction file, a PCA trajectory with too few checkpoints)."""
+    check_combination(cfg)
+    d = cfg.direction
+    inputs = [("model.checkpoint", cfg.model.checkpoint)]
+    inputs += [("direction.checkpoints", p) for p in d.checkpoints if d.kind in ("interpolation", "plane")]
+    inputs += [("direction.path", d.path)] if d.kind == "file" else []
+    for key, path in inputs:
+        if path and not Path(path).exists():
+            what = "direction file" if key == "direction.path" else "checkpoint"
+            raise UserError(f"{what} {path} does not exist; give {key}=<an existing file>")
+    folder = Path(d.trajectory) if d.trajectory else run_dir_of(cfg) / "checkpoints" if cfg.model.checkpoint else None
+    if d.kind == "pca" and folder is not None and len(list_checkpoints(folder)) < PCA_MIN_CHECKPOINTS:
+        raise UserError(f"direction=pca needs at least {PCA_MIN_CHECKPOINTS} epoch_*.pt checkpoints in {folder}, it "
+                        f"holds {len(list_checkpoints(folder))}; give direction.trajectory=<a training run's "
+                        "checkpoints/ folder>")
+    if cfg.eval.precision != "fp32" and cfg.eval.device == "auto" and not torch.cuda.is_available():
+        raise UserError(f"eval.precision={cfg.eval.precision} is autocast on CUDA devices and none is visible; use "
+                        "eval.precision=fp32")
 
 
 def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = True) -> nn.Module:

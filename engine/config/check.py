@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.errors import UserError
 
@@ -272,4 +273,5 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise UserError(f"bad config: {msg}") from None
     assert isinstance(run_cfg, RunConfig) and isinstance(resolved, dict)
+    check_combination(run_cfg)
     return run_cfg, resolved

@@ -1,0 +1,31 @@
+"""Combinations of settings that cannot work together, refused in one line before any data is loaded or any model
+trained (each group's own values are checked by its dataclass in schema.py)."""
+
+from __future__ import annotations
+
+from engine.config.schema import RunConfig
+from engine.core.errors import UserError
+
+LINE_KINDS = ("interpolation",)  # direction kinds that are a 1D sweep
+PLANE_KINDS = ("plane", "pca")  # direction kinds that span a plane
+PCA_MIN_CHECKPOINTS = 3  # a trajectory of fewer epoch_*.pt files has no second principal component to speak of
+
+
+def check_combination(cfg: RunConfig) -> None:
+    """Refuse a config whose groups contradict each other: the direction kind against the grid's dimension, a PCA
+    run that will not have a trajectory, autocast on a CPU."""
+    d, e = cfg.direction, cfg.eval
+    ndim = len(cfg.grid.resolution)
+    if d.kind in LINE_KINDS and ndim != 1:
+        raise UserError(f"direction={d.kind} is a 1D sweep: use grid=line (e.g. grid.resolution=[41] "
+                        "grid.x=[-0.5,1.5] to extrapolate beyond both models)")
+    if d.kind in PLANE_KINDS and ndim != 2:
+        raise UserError(f"direction={d.kind} spans a plane: use grid=plane (grid.resolution=[nx,ny])")
+    if d.kind == "pca" and d.trajectory is None and cfg.model.checkpoint is None and \
+            cfg.train.epochs < PCA_MIN_CHECKPOINTS:
+        raise UserError(f"direction=pca needs a trajectory of at least {PCA_MIN_CHECKPOINTS} checkpoints: this run "
+                        f"trains {cfg.train.epochs} epoch(s); set train.epochs>={PCA_MIN_CHECKPOINTS} or give "
+                        "direction.trajectory=<folder of epoch_*.pt>")
+    if e.precision != "fp32" and e.device == "cpu":
+        raise UserError(f"eval.precision={e.precision} is autocast on CUDA devices; use eval.precision=fp32 with "
+                        "eval.device=cpu")
