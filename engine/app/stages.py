@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,16 +30,17 @@ from engine.curvature.spectra import (
     hessian_directions,
     hessian_params,
 )
+from engine.curvature.spectra import Batches as HessianBatches  # a list: the Hessian's batches are indexed
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
 from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.figures.draw import draw
-from engine.sources.batches import device_batches, eval_batches
+from engine.sources.batches import EvalBatches, device_batches, eval_batches
 from engine.sources.batchnorm import BatchNormRecalibrator
 from engine.sources.checkpoints import load_checkpoint, state_fingerprint
 from engine.sources.data import DataBundle, Split, subsample
-from engine.sources.losses import METRICS, Batches, autograd_cross_entropy
+from engine.sources.losses import METRICS, autograd_cross_entropy
 from engine.sources.models import build_model
 from engine.sources.train import train_model
 from engine.store.assemble import assemble
@@ -121,11 +122,12 @@ def uses_channels_last(cfg: RunConfig, split: Split) -> bool:
 
 def to_channels_last(model: nn.Module, split: Split) -> tuple[nn.Module, Split]:
     """The model and the split in channels_last memory format (faster convolutions; same parameter objects)."""
-    return model.to(memory_format=torch.channels_last), Split(split.x.contiguous(memory_format=torch.channels_last),
-                                                             split.y)
+    # the ignore: Module.to takes memory_format at runtime, torch's overloads leave it out
+    return (model.to(memory_format=torch.channels_last),  # type: ignore[call-overload]
+            Split(split.x.contiguous(memory_format=torch.channels_last), split.y))
 
 
-def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bool = False) -> Batches:
+def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bool = False) -> HessianBatches:
     """The Hessian's batches when a spectrum, a curvature map or Hessian directions are asked for (or always),
     else none."""
     h = cfg.hessian
@@ -135,7 +137,7 @@ def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bo
 
 
 def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, plan: GridPlan,
-                     hvp_batches: Batches, env: DistEnv) -> Directions:
+                     hvp_batches: HessianBatches, env: DistEnv) -> Directions:
     """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
     def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim)
@@ -230,7 +232,7 @@ def tuning_plan(levels: dict[str, GridPlan], store: Path) -> GridPlan | None:
 
 
 def batches_stage(cfg: RunConfig, model: nn.Module, split: Split, env: DistEnv,
-                  tune_on: GridPlan | None) -> tuple[Batches, int]:
+                  tune_on: GridPlan | None) -> tuple[EvalBatches, int]:
     """The eval batches and their size: eval.batch_size, else the fastest size timed on rank 0."""
     e = cfg.eval
     batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
@@ -249,9 +251,9 @@ def recalibrator(cfg: RunConfig, data: DataBundle, model: nn.Module, batch_size:
     return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device))
 
 
-def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, made: Directions, batches: Batches,
+def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, made: Directions, batches: EvalBatches,
                  env: DistEnv, tune_on: GridPlan | None, recalibrate: BatchNormRecalibrator | None,
-                 hvp_batches: Batches) -> PointRunner:
+                 hvp_batches: HessianBatches) -> PointRunner:
     """The point runner, with the curvature probe attached when curvature maps are asked for."""
     runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
                          recalibrate, target.logged)
@@ -268,7 +270,7 @@ def sweep_stage(runner: PointRunner, levels: dict[str, GridPlan], store: Path, c
     return tiles
 
 
-def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: Batches, cfg: RunConfig,
+def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianBatches, cfg: RunConfig,
                    resolved: dict[str, Any], env: DistEnv, store: Path, say: Say) -> None:
     """Spectra at theta* into the store's hessian/ group (all ranks compute, rank 0 writes); skipped when the
     store already holds a spectrum computed with the same hessian settings."""
@@ -291,12 +293,13 @@ def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv
     if (old.get("epsilon"), old.get("steps"), old.get("samples")) == (s.epsilon, s.epsilon_steps, count):
         return  # already in the store (a resumed or repeated run)
 
-    def mean_loss() -> torch.Tensor:
-        return sum(autograd_cross_entropy(model(x).float(), y) for x, y in batches) / count
+    def mean_loss() -> torch.Tensor:  # a Tensor, not sum()'s start 0: the batches are not empty
+        return cast(torch.Tensor, sum(autograd_cross_entropy(model(x).float(), y) for x, y in batches) / count)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     model.eval()
-    result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed)
+    epsilon = cast(float, s.epsilon)  # set: run_landscape runs this stage only when summary.epsilon is
+    result = epsilon_sharpness(mean_loss, params, epsilon, s.epsilon_steps, seed=cfg.direction.seed)
     set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
 
 

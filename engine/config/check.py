@@ -18,7 +18,7 @@ import itertools
 import math
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,7 +45,7 @@ def _leaf_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     out: list[str] = []
     for name, tp in _fields(cls).items():
         if dataclasses.is_dataclass(tp):
-            out += _leaf_keys(tp, f"{prefix}{name}.")
+            out += _leaf_keys(cast(type, tp), f"{prefix}{name}.")
         else:
             out.append(prefix + name)
     return out
@@ -56,7 +56,7 @@ def _field_type(key: str) -> str | None:
     cls: Any = RunConfig
     *parents, last = key.split(".")
     for part in parents:
-        cls = _fields(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        cls = _fields(cast(type, cls)).get(part) if dataclasses.is_dataclass(cls) else None
     if not dataclasses.is_dataclass(cls):
         return None
     declared = {f.name: f.type for f in dataclasses.fields(cls)}.get(last)
@@ -71,7 +71,7 @@ def unknown_key(key: str) -> str | None:
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(cls):
             return None  # below a dict or list field: Hydra and the dataclass judge the value
-        fields = _fields(cls)
+        fields = _fields(cast(type, cls))
         if part in fields:
             cls = fields[part]
             if _is_open_dict(cls):
@@ -220,7 +220,7 @@ def check_overrides(overrides: list[str], multirun: bool = False, config_name: s
             message = unknown_key(o.key_or_group)
             if message is not None:
                 raise UserError(message)
-    shared, structural, values = _sweeps(parsed) if multirun else ([o.input_line for o in parsed], [], [])
+    shared, structural, values = _sweeps(parsed) if multirun else ([cast(str, o.input_line) for o in parsed], [], [])
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for choice in _spread(structural):
             base = shared + choice
@@ -264,7 +264,7 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         if isinstance(resolved, dict):
-            check_keys(resolved)
+            check_keys(cast("dict[str, Any]", resolved))  # a DictConfig's keys are strings
         run_cfg = OmegaConf.to_object(cfg)
     except UserError:
         raise
@@ -274,4 +274,4 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:
         raise UserError(f"bad config: {msg}") from None
     assert isinstance(run_cfg, RunConfig) and isinstance(resolved, dict)
     check_combination(run_cfg)
-    return run_cfg, resolved
+    return run_cfg, cast("dict[str, Any]", resolved)

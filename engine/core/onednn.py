@@ -27,7 +27,8 @@ def safe_autograd(params: Iterable[torch.Tensor]) -> Iterator[None]:
         yield
         return
     was = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # (mkldnn.flags() would also set oneDNN's TF32 flag, which warns on CPUs)
+    # (mkldnn.flags() would also set oneDNN's TF32 flag, which warns on CPUs)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a bool flag at runtime; stubs: ContextProp
     try:
         yield
     finally:

@@ -47,7 +47,7 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 def hessian_params(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """The perturbed tensors the Hessian is taken over: the parameters (BN running statistics have no gradient)."""
-    params = [t for t in tensors if isinstance(t, nn.Parameter) and t.requires_grad]
+    params: list[torch.Tensor] = [t for t in tensors if isinstance(t, nn.Parameter) and t.requires_grad]
     if not params:
         raise UserError("the Hessian needs trainable parameters among the perturbed tensors; the model has none")
     return params

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,5 +42,5 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
             raise ValueError("direction=hessian needs hessian_axes")
         raw = hessian_axes(ndim)
     else:
-        raw = load_directions(d.path, target.names, theta, ndim)
+        raw = load_directions(cast(str, d.path), target.names, theta, ndim)  # set: DirectionConfig checks it
     return Directions([normalize(r, coordinates, d.norm, d.ignore, logged) for r in raw])

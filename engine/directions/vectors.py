@@ -24,7 +24,7 @@ EPS = 1e-10
 
 def perturbed_tensors(model: nn.Module, over: str) -> list[tuple[str, torch.Tensor]]:
     """The named live tensors a direction covers: parameters, plus float buffers (BN statistics) for 'states'."""
-    named = list(model.named_parameters())
+    named: list[tuple[str, torch.Tensor]] = list(model.named_parameters())
     if over == "states":
         named += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
     return named

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from mpl_toolkits.mplot3d import Axes3D
 
 DPI = 150
 N_LEVELS = 20
@@ -68,7 +72,7 @@ def contour_levels(z: np.ma.MaskedArray) -> np.ndarray | None:
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         pad = max(abs(lo) * 0.01, 1e-3)
         return np.array([lo - pad, lo + pad])
-    return MaxNLocator(N_LEVELS).tick_values(lo, hi)
+    return cast(np.ndarray, MaxNLocator(N_LEVELS).tick_values(lo, hi))  # an ndarray; the stubs say Sequence[float]
 
 
 def inner(z: np.ma.MaskedArray, levels: np.ndarray) -> np.ndarray:
@@ -102,8 +106,9 @@ def mark(ax: Axes, markers: Mapping[str, tuple[float, ...]], z: np.ma.MaskedArra
         else:
             i, j = (int(np.abs(np.asarray(c) - p).argmin()) for c, p in zip(coords, point))
             zz = z[j, i] if z.count() and not np.ma.is_masked(z[j, i]) else (z.min() if z.count() else 0.0)
-            ax.scatter([point[0]], [point[1]], [float(zz)], color="r", marker="*", s=80, depthshade=False)
-            ax.text(point[0], point[1], float(zz), f" {name}", fontsize=8)
+            ax3d = cast("Axes3D", ax)  # z is given for 3D axes only
+            ax3d.scatter([point[0]], [point[1]], [float(zz)], color="r", marker="*", s=80, depthshade=False)
+            ax3d.text(point[0], point[1], float(zz), f" {name}", fontsize=8)
 
 
 def save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:

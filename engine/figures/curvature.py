@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.container import StemContainer
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from engine.figures import common
@@ -80,7 +83,7 @@ def draw_eigenvalues(
         raise ValueError(f"eigenvalues must be a 1D array, got shape {values.shape}")
     ranked = np.sort(values[np.isfinite(values)])[::-1]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    handles = []
+    handles: list[StemContainer | Line2D] = []
     if ranked.size:
         handles.append(ax.stem(np.arange(1, ranked.size + 1), ranked, label="top eigenvalues"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -138,7 +141,7 @@ def _ratio_map(fig: Figure, ax: Axes, x: np.ndarray, y: np.ndarray, ratio: np.nd
     inner = common.inner(zl, levels) if levels is not None else np.empty(0)
     if inner.size:
         cs = ax.contour(x, y, zl, levels=inner, colors="k", linewidths=0.7)
-        ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt="%.3g")
+        ax.clabel(cs, cast(np.ndarray, cs.levels)[::2], inline=True, fontsize=7, fmt="%.3g")  # stubs: Iterable
 
 
 def _curvature_2d(x: np.ndarray, y: np.ndarray, loss: np.ndarray | None, lambda_max: np.ndarray,
@@ -203,7 +206,7 @@ def _curvature_1d(x: np.ndarray, loss: np.ndarray | None, lambda_max: np.ndarray
 
 
 def draw_curvature_maps(
-    coords: tuple[np.ndarray, np.ndarray] | tuple[np.ndarray],
+    coords: tuple[np.ndarray, ...],
     loss: np.ndarray | None,
     lambda_max: np.ndarray,
     lambda_min: np.ndarray,

@@ -47,7 +47,8 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
                           axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
                           markers=markers, path=trajectory)
     if all(k in m for k in CURVATURE_METRICS):
-        paths += draw_curvature_maps(tuple(surface.coords), m["loss"], *(m[k] for k in CURVATURE_METRICS), out_dir,
+        lambda_max, lambda_min, ratio = (m[k] for k in CURVATURE_METRICS)
+        paths += draw_curvature_maps(tuple(surface.coords), m["loss"], lambda_max, lambda_min, ratio, out_dir,
                                      formats=formats, title=title, markers=markers)
     spectrum = read_spectrum(store_path)
     if spectrum is not None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from engine.figures import common
+
+if TYPE_CHECKING:
+    from mpl_toolkits.mplot3d import Axes3D
 
 
 def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, title: str, label: str,
@@ -77,7 +81,7 @@ def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], ou
             elif kind == "contour":
                 cs = ax.contour(x, y, z, levels=common.inner(z, levels), cmap=common.CMAP, linewidths=0.9)
                 fmt = (lambda v: f"{10 ** v:.3g}") if use_log else "%.3g"
-                ax.clabel(cs, cs.levels[::2], inline=True, fontsize=7, fmt=fmt)
+                ax.clabel(cs, cast(np.ndarray, cs.levels)[::2], inline=True, fontsize=7, fmt=fmt)  # stubs: Iterable
             elif kind == "contourf":
                 filled = ax.contourf(x, y, z, levels=levels, cmap=common.CMAP, extend="neither")
                 fig.colorbar(filled, ax=ax, label=label)
@@ -86,9 +90,10 @@ def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], ou
                 fig.colorbar(mesh, ax=ax, label=label)
             else:
                 xx, yy = np.meshgrid(x, y)
-                ax.plot_surface(xx, yy, z.filled(np.nan), cmap=common.CMAP, vmin=levels[0], vmax=levels[-1],
-                                rstride=1, cstride=1, linewidth=0, antialiased=False)
-                ax.set_zlabel(label)
+                ax3d = cast("Axes3D", ax)  # projection="3d"
+                ax3d.plot_surface(xx, yy, z.filled(np.nan), cmap=common.CMAP, vmin=levels[0], vmax=levels[-1],
+                                  rstride=1, cstride=1, linewidth=0, antialiased=False)
+                ax3d.set_zlabel(label)
                 ax.xaxis.set_major_locator(MaxNLocator(5))
                 ax.yaxis.set_major_locator(MaxNLocator(5))
             if path is not None and kind != "surface3d":

@@ -65,3 +65,6 @@ class StreamedBatches:
             if i + 1 < len(self.host):
                 nxt = load(i + 1)
             yield x, y
+
+
+EvalBatches = list[tuple[torch.Tensor, torch.Tensor]] | StreamedBatches  # what eval_batches returns

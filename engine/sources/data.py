@@ -7,6 +7,7 @@ built once on the device and reused for every grid point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from hydra.utils import get_object
@@ -72,7 +73,7 @@ def synthetic_images(
 
 def _custom(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     try:
-        dataset = get_object(cfg._target_)(**dict(cfg.kwargs))
+        dataset = get_object(cast(str, cfg._target_))(**dict(cfg.kwargs))  # set: DataConfig checks it for custom
     except Exception as err:
         raise UserError(f"data._target_={cfg._target_!r} could not be built ({type(err).__name__}: {err})") from None
     if len(dataset) < 2:

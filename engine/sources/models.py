@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         return MLP(int(torch.Size(input_shape).numel()), list(cfg.hidden), classes)
     if cfg.name == "custom":
         try:
-            factory = get_object(cfg._target_)
+            factory = get_object(cast(str, cfg._target_))  # set: ModelConfig checks it for custom
         except Exception as err:
             raise UserError(f"model._target_={cfg._target_!r} cannot be imported ({err})") from None
         return factory(**dict(cfg.kwargs))

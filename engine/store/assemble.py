@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -152,5 +152,5 @@ def _num(v: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def _coords(coords: tuple[np.ndarray, ...], idx: tuple[int, ...]) -> list[float]:
+def _coords(coords: tuple[np.ndarray, ...], idx: tuple[SupportsIndex, ...]) -> list[float]:
     return [float(c[i]) for c, i in zip(coords, idx)]

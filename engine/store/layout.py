@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -131,10 +131,10 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
 
 def level_group(root: zarr.Group, level: str) -> zarr.Group:
     """The group holding one level's arrays: the root for the full grid, root[level] for 'preview'."""
-    return root[level] if level else root
+    return cast(zarr.Group, root[level]) if level else root
 
 
-def open_existing(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_existing(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     """A finished landscape store, for reading ('r') or for adding results to it ('r+'); refused otherwise."""
     path = Path(path)
     attrs = store_attrs(path) if path.exists() else None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+import zarr
 
 from engine.core.errors import UserError
 from engine.core.flat import unflatten
@@ -17,11 +18,12 @@ from engine.store.layout import level_group, open_existing
 def read_directions(path: str | Path) -> list[dict[str, torch.Tensor]]:
     """The directions saved in a store, as a list of {tensor name: tensor}."""
     root = open_existing(path)
-    group = root["directions"]
+    group = cast(zarr.Group, root["directions"])
     out = []
     for k in range(len(list(group.array_keys()))):
-        arr = group[f"d{k}"]
-        names, shapes = arr.attrs["names"], [tuple(s) for s in arr.attrs["shapes"]]
+        arr = cast(zarr.Array, group[f"d{k}"])
+        names = cast("list[str]", arr.attrs["names"])
+        shapes = [tuple(s) for s in cast("list[list[int]]", arr.attrs["shapes"])]
         out.append(dict(zip(names, unflatten(torch.from_numpy(np.asarray(arr[:])), shapes))))
     return out
 
@@ -39,18 +41,18 @@ class Surface:
 def read_surface(path: str | Path, level: str = "") -> Surface:
     """Read one level of a store (the full grid by default, or 'preview'); not for writing."""
     root = open_existing(path)
-    attrs = dict(root.attrs)
+    attrs: dict[str, Any] = dict(root.attrs)
     if level and level not in attrs.get("levels", []):
         raise UserError(f"store {path} has no {level!r} level")
     group = level_group(root, level)
-    coords = tuple(np.asarray(group[d][:]) for d in attrs["dims"])
-    metrics = {m: np.asarray(group[m][...]) for m in attrs["metrics"]}
-    return Surface(coords, metrics, np.asarray(group["done"][...]).astype(bool), attrs)
+    coords = tuple(np.asarray(cast(zarr.Array, group[d])[:]) for d in attrs["dims"])
+    metrics = {m: np.asarray(cast(zarr.Array, group[m])[...]) for m in attrs["metrics"]}
+    return Surface(coords, metrics, np.asarray(cast(zarr.Array, group["done"])[...]).astype(bool), attrs)
 
 
 def read_array(path: str | Path, name: str) -> np.ndarray | None:
     """An extra array of a store (e.g. trajectory/coords), or None when the store has none."""
     try:
-        return np.asarray(open_existing(path)[name][...])
+        return np.asarray(cast(zarr.Array, open_existing(path)[name])[...])
     except KeyError:
         return None

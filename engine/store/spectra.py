@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -44,8 +44,8 @@ def read_spectrum(path: str | Path) -> Spectrum | None:
         return None
     if not isinstance(group, zarr.Group) or "spectrum" not in group.attrs:
         return None
-    a = {name: np.asarray(group[name][...]) for name in _ARRAYS}
-    n = dict(group.attrs["spectrum"])
+    a = {name: np.asarray(cast(zarr.Array, group[name])[...]) for name in _ARRAYS}
+    n = dict(cast("dict[str, Any]", group.attrs["spectrum"]))
     return Spectrum(a["eigenvalues"], a["eigenvectors"], n["lambda_min"], n["trace_hutchinson"], n["trace_stderr"],
                     n["trace_hutchpp"], a["density_grid"], a["density"], a["slq_nodes"], a["slq_weights"],
                     n["params"], n["hessian_vector_products"], n["seconds"])
@@ -54,7 +54,7 @@ def read_spectrum(path: str | Path) -> Spectrum | None:
 def stored_spectrum_config(path: str | Path) -> dict[str, Any] | None:
     """The hessian settings an existing spectrum in the store was computed with (None: no spectrum)."""
     try:
-        attrs = dict(zarr.open_group(path, mode="r")["hessian"].attrs)
+        attrs: dict[str, Any] = dict(zarr.open_group(path, mode="r")["hessian"].attrs)
     except (KeyError, FileNotFoundError):
         return None
     return attrs.get("spectrum_config") if "spectrum" in attrs else None
@@ -67,7 +67,7 @@ def existing_spectrum(path: Path, settings: dict[str, Any], overwrite: bool) -> 
     if not path.exists():
         return None
     try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
+        attrs: dict[str, Any] = dict(zarr.open_group(path, mode="r").attrs)
     except Exception:
         attrs = {}
     if attrs.get("format") == SPECTRUM_FORMAT and attrs.get("settings") == settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import zarr
 
@@ -13,7 +15,7 @@ Work = tuple[str, tuple[int, ...]]  # (level, tile index): '' is the full grid, 
 
 def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tuple[int, ...]]:
     """Tiles of a level whose done flag is unset, in the plan's (coarse-to-fine) order."""
-    done = np.asarray(level_group(root, level)["done"][...])
+    done = np.asarray(cast(zarr.Array, level_group(root, level)["done"])[...])
     return [t for t in plan.tiles() if not done[t]]
 
 
@@ -23,8 +25,8 @@ def write_tile(
     """Write one tile's metric chunks, then (only then) its done flag."""
     group, sl = level_group(root, level), plan.tile_slices(tile)
     for metric, array in values.items():
-        group[metric][sl] = array
-    group["done"][tuple(slice(i, i + 1) for i in tile)] = 1
+        cast(zarr.Array, group[metric])[sl] = array
+    cast(zarr.Array, group["done"])[tuple(slice(i, i + 1) for i in tile)] = 1
 
 
 def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:

@@ -17,10 +17,15 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+if TYPE_CHECKING:
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.conv import _ConvNd
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class FoldedConvBN(nn.Module):
     on the tensors' version counters.
     """
 
-    def __init__(self, conv: nn.Module, bn: nn.Module) -> None:
+    def __init__(self, conv: _ConvNd, bn: _BatchNorm) -> None:
         super().__init__()
         self.conv, self.bn = conv, bn
         self._key: tuple | None = None
@@ -57,10 +62,11 @@ class FoldedConvBN(nn.Module):
         tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         key = _versions(tensors)
         if key != self._key or self._weight is None or self._bias is None:
-            scale = torch.rsqrt(bn.running_var + bn.eps)
+            # running statistics are not None: _fold_batchnorm folds only a BN that has them
+            scale = torch.rsqrt(cast(torch.Tensor, bn.running_var) + bn.eps)
             if bn.weight is not None:
                 scale = scale * bn.weight
-            shift = -bn.running_mean * scale
+            shift = -cast(torch.Tensor, bn.running_mean) * scale
             if conv.bias is not None:
                 shift = shift + conv.bias * scale
             if bn.bias is not None:
@@ -82,8 +88,8 @@ class InputLayer(nn.Module):
     batch. On any other input, or if the layer's tensors changed since set_point, the layer runs as usual.
     """
 
-    def __init__(self, layer: nn.Module, theta: dict[str, torch.Tensor], directions: list[dict[str, torch.Tensor]],
-                 budget_bytes: float) -> None:
+    def __init__(self, layer: nn.Linear | _ConvNd, theta: dict[str, torch.Tensor],
+                 directions: list[dict[str, torch.Tensor]], budget_bytes: float) -> None:
         super().__init__()
         self.layer = layer
         self.theta = theta  # {"weight": ..., "bias": ...} at theta*
@@ -107,7 +113,7 @@ class InputLayer(nn.Module):
         self.coords = tuple(float(c) for c in coords)
         self._key = _versions((self.layer.weight, self.layer.bias))
 
-    def _apply_layer(self, h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    def _apply_layer(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.layer, nn.Linear):
             return F.linear(h, weight, bias)
         return self.layer._conv_forward(h, weight, bias)
@@ -198,6 +204,7 @@ def _fold_batchnorm(gm: fx.GraphModule) -> int:
         conv = modules.get(prev.target)
         if not any(isinstance(conv, c) and type(bn) is b for c, b in _CONV_BN):
             continue
+        conv, bn = cast("_ConvNd", conv), cast("_BatchNorm", bn)  # as the check above found them
         if bn.training or bn.running_mean is None or bn.running_var is None:
             continue
         name = f"folded_{count}"
@@ -216,7 +223,7 @@ def _fresh(node: object, modules: dict[str, nn.Module]) -> bool:
     if not isinstance(node, fx.Node) or len(node.users) != 1:
         return False
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), (*_FRESH_MODULES, FoldedConvBN, InputLayer))
+        return isinstance(modules.get(cast(str, node.target)), (*_FRESH_MODULES, FoldedConvBN, InputLayer))  # a name
     if node.op == "call_function" and node.target in (F.relu, torch.relu):
         return not node.kwargs.get("inplace", False)
     return node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, broadcast_value, on_main
-from engine.sources.batches import device_batches
+from engine.sources.batches import EvalBatches, device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.sources.data import Split
 from engine.sources.losses import evaluate
@@ -27,7 +27,7 @@ log = logging.getLogger("engine")
 
 def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
-    directions: list[list[torch.Tensor]], batches: Any, env: DistEnv, tune_on: GridPlan | None,
+    directions: list[list[torch.Tensor]], batches: EvalBatches, env: DistEnv, tune_on: GridPlan | None,
     end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
     logged: list[bool] | None = None,
 ) -> PointRunner:
@@ -44,7 +44,7 @@ def make_runner(
     on = set(e.rewrites)
     fast: nn.Module | None = None
     if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
-        fast = torch.compile(model)
+        fast = cast(nn.Module, torch.compile(model))  # an OptimizedModule; torch's stubs say Callable
     elif on:
         fast = rewrite(
             model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from engine.sources.losses import Batches, autocast, evaluate
+from engine.sources.batches import EvalBatches
+from engine.sources.losses import autocast, evaluate
 from engine.sweep.perturb import Perturber
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,13 @@ class PointsEvaluator:
 
     def __init__(
         self, model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-        batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
+        batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None,
     ) -> None:
         self.model = model.eval()
         self.logged = {n for n, m in zip(names, logged or []) if m}  # exp(log theta* + c @ d): BN variances
         self.precision = precision
         self.batches = batches
-        self.count = sum(len(y) for _, y in batches)  # type: ignore[arg-type]
+        self.count = sum(len(y) for _, y in batches)
         # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
         self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
         for n in self.logged:
@@ -86,7 +87,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: Batches, budget_gb: float,
+def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: EvalBatches, budget_gb: float,
                     limit: int = 256) -> int:
     """K from a memory budget: each stacked point costs its perturbed tensors plus one batch's activations."""
     per_point = sum(t.numel() * t.element_size() for t in theta) + activation_bytes(model, batches[0][0])
@@ -95,7 +96,7 @@ def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: Batche
 
 def make_evaluator(
     model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-    batches: Batches, precision: str = "fp32", logged: list[bool] | None = None,
+    batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None,
 ) -> PointsEvaluator | None:
     """A PointsEvaluator if this model runs under vmap and agrees with a plain call, else None (reason logged)."""
     try:
@@ -117,7 +118,7 @@ def make_evaluator(
 class PointRunner:
     """Evaluates a list of grid points by the chosen path: K stacked points per vmap pass, or one by one in place."""
 
-    def __init__(self, model: nn.Module, perturber: Perturber, batches: Batches, precision: str = "fp32",
+    def __init__(self, model: nn.Module, perturber: Perturber, batches: EvalBatches, precision: str = "fp32",
                  evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
                  curvature: Callable[[], dict[str, float]] | None = None) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
