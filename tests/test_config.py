@@ -31,7 +31,7 @@ CROSS = [
     (["grid=line", "grid.resolution=[7]", "direction=plane", "direction.checkpoints=[B.pt,C.pt]"],
      "direction=plane spans a plane"),
     (["direction=pca", "train.epochs=2"], "direction=pca needs a trajectory of at least 3 checkpoints"),
-    (["direction=pca", _short_trajectory], "direction=pca needs at least 3 epoch_*.pt checkpoints in"),
+    (["direction=pca", _short_trajectory], "direction=pca needs at least 3 checkpoints (epoch_*.pt) in"),
     (["direction=plane", "direction.norm=filter", "direction.checkpoints=[B.pt,C.pt]"],
      "keeps the checkpoints' own geometry: set direction.norm=none"),
     (["grid=line", "grid.resolution=[7]", "direction=interpolation", "direction.checkpoints=[/no/B.pt]"],

@@ -13,6 +13,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 
+import engine.figures.common
 import engine.figures.curvature as ph
 from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
 
@@ -22,15 +23,15 @@ Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transpo
 
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
-    """Record every figure handed to _save, by file stem (the Figure stays inspectable after it is closed)."""
+    """Record every figure handed to save, by file stem (the Figure stays inspectable after it is closed)."""
     seen: dict[str, Figure] = {}
-    original = ph._save
+    original = engine.figures.common.save
 
     def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
         seen[stem] = fig
         return original(fig, out_dir, stem, formats)
 
-    monkeypatch.setattr(ph, "_save", spy)
+    monkeypatch.setattr(engine.figures.common, "save", spy)
     return seen
 
 

@@ -87,8 +87,8 @@ def preflight(cfg: RunConfig) -> None:
             raise UserError(f"{what} {path} does not exist; give {key}=<an existing file>")
     folder = Path(d.trajectory) if d.trajectory else run_dir_of(cfg) / "checkpoints" if cfg.model.checkpoint else None
     if d.kind == "pca" and folder is not None and len(list_checkpoints(folder)) < PCA_MIN_CHECKPOINTS:
-        raise UserError(f"direction=pca needs at least {PCA_MIN_CHECKPOINTS} epoch_*.pt checkpoints in {folder}, it "
-                        f"holds {len(list_checkpoints(folder))}; give direction.trajectory=<a training run's "
+        raise UserError(f"direction=pca needs at least {PCA_MIN_CHECKPOINTS} checkpoints (epoch_*.pt) in {folder}, "
+                        f"it holds {len(list_checkpoints(folder))}; give direction.trajectory=<a training run's "
                         "checkpoints/ folder>")
     if cfg.eval.precision != "fp32" and cfg.eval.device == "auto" and not torch.cuda.is_available():
         raise UserError(f"eval.precision={cfg.eval.precision} is autocast on CUDA devices and none is visible; use "

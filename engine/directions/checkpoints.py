@@ -15,13 +15,12 @@ from torch import nn
 
 from engine.directions.kinds import Directions
 from engine.directions.trajectory import (
-    State,
     interpolation_direction,
     list_checkpoints,
     plane_through,
     trajectory_pca,
 )
-from engine.sources.checkpoints import load_state
+from engine.sources.checkpoints import State, load_state
 
 
 def _coordinates(state: State, in_log: set[str]) -> State:

@@ -1,4 +1,4 @@
-"""Evaluation of one grid point: mean cross-entropy loss and accuracy over the eval batches, no host sync per
+"""Losses and metrics: mean cross-entropy loss and accuracy of a model over the eval batches, no host sync per
 batch (sums stay on the device and are read once per point), optional autocast on CUDA."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The Zarr v3 store of one run: metric arrays chunked by tile, per-tile done flags, coordinates, directions.
 
-Layout (DESIGN.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
+Layout (docs/architecture.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
 flag (and one chunk) per tile, written after the tile's data; `x`, `y` coordinates; `directions/d<k>`
 flat vectors with the tensor names and shapes in their attributes; `hessian/lambda_max`, `lambda_min`,
 `ratio` (curvature maps, when asked for) are chunked by tile like the metrics, and `hessian/` also holds
-the spectra at theta* (engine/curvature/spectra.py); `preview/` holds the same arrays for
+the spectra at theta* (engine/store/spectra.py); `preview/` holds the same arrays for
 the coarse preview lattice swept first (grid.preview). Root attributes hold the resolved
 config, its hash, the engine version and the fingerprint of theta*. Every array records dimension
 names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
