@@ -123,3 +123,13 @@ def test_the_room_graph_is_printable(capsys: pytest.CaptureFixture[str]) -> None
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert uses["core"] <= set()
+
+
+def test_every_room_ships_in_the_wheel() -> None:
+    """pyproject.toml lists the packages (conf/ is mapped in as engine.conf, which find cannot do): a new room
+    missing there would be left out of the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ENGINE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {module_name(p) for p in ENGINE.rglob("__init__.py")}
+    assert packages <= listed, f"packages missing from pyproject.toml [tool.setuptools] packages: {packages - listed}"
