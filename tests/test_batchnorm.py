@@ -15,7 +15,7 @@ from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import Split, load_data, subsample
 from engine.sources.models import build_model
 from engine.store.read import read_directions, read_surface
-from tests.conftest import make_cfg
+from helpers import make_cfg
 
 
 def recalibrated_point(model: nn.Module, directions: list[dict[str, torch.Tensor]], coords: tuple[float, ...],

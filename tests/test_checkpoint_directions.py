@@ -29,8 +29,7 @@ from engine.sources.losses import evaluate
 from engine.sources.models import CifarResNet, build_model
 from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
-from tests.conftest import TINY, assert_same_store, make_cfg, run_cli
-from tests.test_distributed import ENV, GRID, torchrun
+from helpers import ENV, GRID, TINY, assert_same_store, make_cfg, run_cli, torchrun
 
 LINE = ["grid=line", "grid.resolution=[5]", "grid.x=[-0.5,1.5]", "grid.tile=[3]", "grid.preview=0"]
 

@@ -11,7 +11,7 @@ import yaml
 
 from engine.core.errors import UserError
 from engine.sources.models import CifarResNet
-from tests.conftest import TINY, make_cfg, run_cli
+from helpers import TINY, flags_first, make_cfg, run_cli
 
 FIGURES = {"contour", "contourf", "heatmap", "surface3d", "accuracy_heatmap"}
 
@@ -68,16 +68,10 @@ BAD = [
 ]
 
 
-def _flags_first(overrides: list[str], *more: str) -> list[str]:
-    """A leading -m stays first (Hydra takes its flags before the overrides), the other overrides go last."""
-    head = overrides[:1] if overrides[0] == "-m" else []
-    return [*head, *more, *overrides[len(head):]]
-
-
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[m[:24] for _, m in BAD])
 def test_bad_input_one_clear_line_and_no_store(overrides, message, tmp_path):
     overrides = [o(tmp_path) if callable(o) else o for o in overrides]
-    done = run_cli("main", *_flags_first(overrides, *TINY, "name=bad"), cwd=tmp_path)
+    done = run_cli("main", *flags_first(overrides, *TINY, "name=bad"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr
@@ -121,7 +115,7 @@ REFUSED = [
 def test_refused_rerun_leaves_the_run_folder_untouched(finished_run, overrides, message):
     cwd, run_dir = finished_run
     before = _snapshot(run_dir)
-    done = run_cli("main", *_flags_first(overrides, *TINY, "name=kept"), cwd=cwd)
+    done = run_cli("main", *flags_first(overrides, *TINY, "name=kept"), cwd=cwd)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert message in done.stderr

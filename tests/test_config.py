@@ -13,7 +13,7 @@ from engine.app.spectrum import run_spectrum
 from engine.config.cross import check_combination
 from engine.config.schema import DirectionConfig, EvalConfig, GridConfig, RunConfig, TrainConfig
 from engine.core.errors import UserError
-from tests.conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 
 def _short_trajectory(tmp_path: Path) -> str:

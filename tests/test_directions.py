@@ -20,7 +20,7 @@ from engine.directions.vectors import (
 from engine.sources.models import CifarResNet
 from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
-from tests.conftest import make_cfg
+from helpers import make_cfg
 
 
 @pytest.fixture

@@ -17,19 +17,7 @@ import pytest
 
 from engine.store.grid import PREVIEW
 from engine.store.read import read_surface
-from tests.conftest import TINY, assert_same_store, run_cli
-
-GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def torchrun(nproc: int, *overrides: str, cwd: Path, wait: bool = True):
-    """`torchrun --standalone -m engine.sweep` with real gloo ranks (a free port is picked by torchrun)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "engine.sweep.tiles", *TINY, *GRID, *overrides]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+from helpers import ENV, GRID, TINY, assert_same_store, run_cli, torchrun
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ from engine.app.landscape import run_landscape
 from engine.figures.draw import surface_to_draw
 from engine.store.grid import PREVIEW
 from engine.store.read import read_surface
-from tests.conftest import TINY, make_cfg, run_cli
-
-GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
+from helpers import GRID, TINY, make_cfg, run_cli
 
 
 def test_submitit_local_two_tasks_equal_one_process(tmp_path):

@@ -19,9 +19,8 @@ import pytest
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
 from engine.store.read import read_surface
-from tests.conftest import TINY, assert_same_store, make_cfg
+from helpers import ENV, TINY, assert_same_store, make_cfg
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: stores compare bitwise
 GRID = ["grid.resolution=[24,24]", "grid.preview=4", "summary.epsilon=null"]  # 36 + 4 tiles: seconds of sweeping
 
 

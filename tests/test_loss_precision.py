@@ -17,7 +17,7 @@ from engine.sources.checkpoints import load_checkpoint
 from engine.sources.data import load_data
 from engine.sources.models import build_model
 from engine.store.read import read_directions, read_surface
-from tests.conftest import make_cfg
+from helpers import make_cfg
 
 # An MLP and a BatchNorm ResNet trained long enough that the train loss is ~1e-2 or below.
 MODELS = {"mlp": ["model=mlp", "train.epochs=60"], "resnet8": ["model=resnet8", "model.width=4", "train.epochs=12"]}

@@ -27,8 +27,7 @@ from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.vectorized import PointRunner
-from tests.conftest import make_cfg
-from tests.test_vectorized import DataDependent
+from helpers import DataDependent, make_cfg
 
 POINTS = np.array([(a, b) for a in np.linspace(-1.0, 1.0, 5) for b in np.linspace(-0.6, 0.4, 3)])
 

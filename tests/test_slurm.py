@@ -6,7 +6,6 @@ Skipped only where slurmctld is not installed; where it is, the cluster must sta
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -17,12 +16,10 @@ from pathlib import Path
 import pytest
 
 from engine.store.read import read_surface
-from tests.conftest import TINY, assert_same_store
+from helpers import ENV, GRID, TINY, assert_same_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "slurm"
-GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: bit-identical numbers
 TIMEOUT = 240
 
 

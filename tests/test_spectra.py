@@ -21,8 +21,7 @@ from engine.sources.data import load_data, subsample
 from engine.sources.models import build_model
 from engine.store.read import read_directions, read_surface
 from engine.store.spectra import read_spectrum
-from tests.conftest import make_cfg
-from tests.test_distributed import torchrun
+from helpers import make_cfg, torchrun
 
 SMALL = ["model=mlp", "model.hidden=[8]", "eval.samples=96", "hessian.samples=48", "hessian.batch_size=20",
          "hessian.top_k=3"]

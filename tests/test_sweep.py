@@ -20,7 +20,7 @@ from engine.sources.models import build_model
 from engine.store.grid import make_plan
 from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
-from tests.conftest import make_cfg
+from helpers import make_cfg
 
 
 def naive_point(model, names, directions, coords, split, batch_size=17):

@@ -9,13 +9,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
 from engine.store.read import read_surface
 from engine.sweep.vectorized import make_evaluator
-from tests.conftest import make_cfg
+from helpers import DataDependent, make_cfg
 
 # 70 eval samples in batches of 32: a short last batch, so a mean of per-batch means cannot pass for the mean
 GRID = ["grid.resolution=[7,4]", "grid.tile=[3,3]", "grid.y=[-0.5,0.7]", "eval.samples=70",
@@ -50,19 +49,6 @@ def test_auto_k_and_streamed_batches(tmp_path):
     assert "points per pass: K=" in log
 
 
-class DataDependent(nn.Module):
-    """Branches on the value of a weight: vmap over stacked weights cannot run this."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lin.weight.sum() > 0:
-            return self.lin(x.flatten(1))
-        return -self.lin(x.flatten(1))
-
-
 def test_model_vmap_cannot_run_falls_back(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("engine"), "propagate", True)  # runs route engine logs to rank files
     model = DataDependent()
@@ -73,7 +59,7 @@ def test_model_vmap_cannot_run_falls_back(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="engine.sweep.vectorized"):
         assert make_evaluator(model, names, theta, dirs, batches) is None
     assert "using the in-place K=1 path" in caplog.text
-    loss, _ = _loss(tmp_path, "custom", "model=custom", "model._target_=tests.test_vectorized.DataDependent",
+    loss, _ = _loss(tmp_path, "custom", "model=custom", "model._target_=helpers.DataDependent",
                     "eval.points_per_pass=8")
     assert np.isfinite(loss).all()
 
