@@ -18,7 +18,7 @@ import pytest
 from engine.store.read import read_surface
 from helpers import ENV, GRID, TINY, assert_same_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/e2e/ -> the checkout
 SLURM = ROOT / "slurm"
 TIMEOUT = 240
 
