@@ -55,7 +55,7 @@ def flags_first(overrides: list[str], *more: str) -> list[str]:
 def torchrun(nproc: int, *overrides: str, cwd: Path, wait: bool = True):
     """`torchrun --standalone -m engine.sweep` with real gloo ranks (a free port is picked by torchrun)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "engine.sweep.tiles", *TINY, *GRID, *overrides]
+           "-m", "engine.sweep", *TINY, *GRID, *overrides]
     if not wait:
         return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
@@ -73,6 +73,19 @@ def assert_same_store(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(sa.metrics[metric], sb.metrics[metric])
 
 
+
+def trained_model(cfg: RunConfig, result: Any) -> tuple[nn.Module, Any]:
+    """The model of a finished run (its model.checkpoint, else the weights it trained) in eval mode, and the run's
+    eval split."""
+    from engine.sources.checkpoints import load_checkpoint
+    from engine.sources.data import load_data, subsample
+    from engine.sources.models import build_model
+
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    load_checkpoint(model, cfg.model.checkpoint or result.run_dir / "checkpoints" / "final.pt")
+    return model.eval(), subsample(data.test, cfg.eval.samples, cfg.data.seed)
+
 class DataDependent(nn.Module):
     """Branches on the value of a weight: vmap over stacked weights cannot run this, nor can torch.fx trace it.
     A run reaches it as `model=custom model._target_=helpers.DataDependent`."""
@@ -85,3 +98,19 @@ class DataDependent(nn.Module):
         if self.lin.weight.sum() > 0:
             return self.lin(x.flatten(1))
         return -self.lin(x.flatten(1))
+
+
+# Figures: a grid whose axes differ in length and range from each other, so a transposed drawing cannot pass.
+PLOT_X = np.linspace(-1.0, 1.0, 9)
+PLOT_Y = np.linspace(-0.5, 1.5, 7)
+
+
+def bowl(x: np.ndarray = PLOT_X, y: np.ndarray = PLOT_Y) -> np.ndarray:
+    """x**2 + 2 y**2 laid out as arr[i, j] = f(x[i], y[j])."""
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    return xx**2 + 2 * yy**2
+
+
+def file_names(paths: list[Path]) -> set[str]:
+    """File names of a list of paths."""
+    return {p.name for p in paths}

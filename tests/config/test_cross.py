@@ -13,7 +13,7 @@ from engine.app.spectrum import run_spectrum
 from engine.config.cross import check_combination
 from engine.config.schema import DirectionConfig, EvalConfig, GridConfig, RunConfig, TrainConfig
 from engine.core.errors import UserError
-from helpers import TINY, run_cli
+from helpers import TINY, make_cfg, run_cli
 
 
 def _short_trajectory(tmp_path: Path) -> str:
@@ -71,3 +71,15 @@ def test_combinations_that_work_pass():
     check_combination(RunConfig(direction=DirectionConfig(kind="pca", norm="none", ignore="none"),
                                 train=TrainConfig(epochs=3)))
     check_combination(RunConfig(grid=GridConfig(resolution=[5]), direction=DirectionConfig(kind="hessian")))
+
+
+def test_reduced_precision_on_cpu_is_refused(tmp_path):
+    """bf16 with eval.device=cpu: refused when the config is composed, and by run_landscape before any work for a
+    RunConfig built in Python (the evaluator's own guard, which a run no longer reaches, is checked in
+    sources/test_losses.py)."""
+    with pytest.raises(UserError, match=r"eval\.precision=bf16 is autocast on CUDA devices"):
+        make_cfg(tmp_path, "name=bf16", "eval.precision=bf16", "eval.device=cpu")
+    bf16 = RunConfig(out_dir=str(tmp_path), eval=EvalConfig(device="cpu", precision="bf16"))
+    with pytest.raises(UserError, match=r"eval\.precision=bf16 is autocast on CUDA devices"):
+        run_landscape(bf16, {}, log=False)
+    assert not any(tmp_path.iterdir())

@@ -1,13 +1,11 @@
-"""Directions: filter/layer normalization, ignored tensors, seeding, the 'states' set (BatchNorm variances in log
-space, positive everywhere), loading from files."""
+"""engine.directions.vectors: filter/layer normalization, ignored tensors, seeding, the 'states' set (BatchNorm
+variances in log space), loading from files."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
 from engine.directions.vectors import (
     load_directions,
@@ -18,9 +16,6 @@ from engine.directions.vectors import (
     to_coordinates,
 )
 from engine.sources.models import CifarResNet
-from engine.store.read import read_surface
-from engine.sweep.perturb import Perturber
-from helpers import make_cfg
 
 
 @pytest.fixture
@@ -98,7 +93,9 @@ def test_load_directions_from_pt_file(net, tmp_path):
         load_directions(path, o_names, o_theta, 2)
 
 
-def test_states_directions_keep_variances_positive_and_theta_star_exact(net):
+def test_states_directions_log_space_mask_and_unit_rms(net):
+    """The 'states' set's running variances are marked log-space, and their normalized directions have unit
+    root-mean-square there (moving them: sweep/test_perturb.py)."""
     names, live = _theta(net, "states")
     theta = [t.clone() for t in live]
     logged = log_space(net, names)
@@ -107,25 +104,3 @@ def test_states_directions_keep_variances_positive_and_theta_star_exact(net):
     for d, m in zip(dirs[0], logged):
         if m:  # unit root-mean-square in log space: a factor of about e at coordinate 1
             assert d.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
-    tensors = [t for _, t in perturbed_tensors(net, "states")]
-    perturber = Perturber(tensors, dirs, logged=logged)
-    with perturber.active():
-        for point in ((-1.0, -1.0), (1.0, -1.0), (-3.0, 2.5)):
-            perturber.set(point)
-            for t, d0, d1, th, m in zip(tensors, dirs[0], dirs[1], theta, logged):
-                if m:
-                    assert (t > 0).all()
-                    torch.testing.assert_close(t, th * torch.exp(point[0] * d0 + point[1] * d1))
-        perturber.set((0.0, 0.0))
-        assert all(torch.equal(t, th) for t, th in zip(tensors, theta))
-
-
-@pytest.mark.parametrize("k", [1, 4])
-def test_states_sweep_over_the_unit_square_is_finite(tmp_path, k):
-    """Li et al.'s states directions with BatchNorm statistics normalized (ignore=none): finite everywhere, in place
-    and under vmap (a variance direction added linearly made the variance negative at |coordinate| ~ 1)."""
-    cfg, resolved = make_cfg(tmp_path, "direction.over=states", "direction.ignore=none", "summary.epsilon=null",
-                             f"eval.points_per_pass={k}", "grid.x=[-1,1]", "grid.y=[-1,1]")
-    surface = read_surface(run_landscape(cfg, resolved, log=False).store)
-    assert surface.done.all() and np.isfinite(surface.metrics["loss"]).all()
-    assert surface.attrs["log_space"] and all(n.endswith("running_var") for n in surface.attrs["log_space"])

@@ -1,4 +1,6 @@
-"""The commands end to end in subprocesses, as a user runs them, and one clear line for each bad input."""
+"""The commands end to end in subprocesses, as a user runs them: the default run with its store, summary, figures,
+record and replot; reruns refused without touching the run folder; Hydra multirun with the comparison. (Bad input
+refused before any work: config/test_check.py and config/test_cross.py.)"""
 
 from __future__ import annotations
 
@@ -6,12 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from engine.core.errors import UserError
-from engine.sources.models import CifarResNet
-from helpers import TINY, flags_first, make_cfg, run_cli
+from engine.store.read import read_surface
+from helpers import TINY, flags_first, run_cli
 
 FIGURES = {"contour", "contourf", "heatmap", "surface3d", "accuracy_heatmap"}
 
@@ -34,48 +34,6 @@ def test_default_command_makes_store_summary_figures_and_replot(tmp_path):
     assert "complete" in again.stdout and (tmp_path / "redraw" / "contourf.png").stat().st_size > 1000
     train = run_cli("train_main", *args, cwd=tmp_path)
     assert train.returncode == 0 and "reusing trained weights" in train.stdout
-
-
-def _bad_ckpt(tmp_path):
-    torch.save({"state_dict": CifarResNet(20, 10, 1, 4, True).state_dict()}, tmp_path / "other.pt")
-    return f"model.checkpoint={tmp_path / 'other.pt'}"
-
-
-BAD = [
-    (["model.checkpoint=/no/such.pt"], "checkpoint /no/such.pt does not exist"),
-    ([_bad_ckpt], "does not fit model CifarResNet: unexpected layer1.1.conv1.weight"),
-    (["grid.resolution=[0,5]"], "grid.resolution: 0 points along x; give at least 1"),
-    (["grid.x=[1,-1]"], "grid.x=[1.0, -1.0] is an empty or inverted range"),
-    (["grid.y=[0.5,0.5]"], "grid.y=[0.5, 0.5] is an empty or inverted range"),
-    (["model.name=vgg7"], "unknown model name 'vgg7'"),
-    (["foo=1"], "unknown config key 'foo' (the top-level keys are name, out_dir, model,"),
-    (["+foo=1"], "unknown config key 'foo'"),
-    (["grid.nope=1"], "unknown config key 'grid.nope' (grid has resolution, x, y, tile, preview)"),
-    (["+grid.nope=1"], "unknown config key 'grid.nope'"),
-    (["eval.sample=3"], "unknown config key 'eval.sample' (did you mean eval.samples?)"),
-    (["evl.samples=3"], "unknown config key 'evl.samples' (did you mean eval.samples?)"),
-    (["eval.samples=many"], "eval.samples=many: Value 'many' of type 'str' could not be converted to Integer"),
-    (["model.kwargs.depth=3"], "add it with +model.kwargs.depth=3"),
-    (["model=vgg7"], "no config 'vgg7' in group model; options: custom, mlp,"),
-    (["grid.x=[1,"], "cannot read override 'grid.x=[1,'"),
-    (["-m", "model.width=4,zero"], "model.width=zero: Value 'zero' of type 'str' could not be converted"),
-    (["-m", "model.width=4,0"], "model.width=0 must be >= 1"),
-    (["model.width=8", "-m", "grid.preview=1,2"], "unrecognized argument(s) 'grid.preview=1,2': Hydra's flags"),
-    (["summary.epsilon=0"], "summary.epsilon=0.0 must be > 0"),
-    (["hessian.steps=2", "hessian.top_k=5"], "hessian.steps=2 must be >= hessian.top_k=5"),
-    (["direction=interpolation", "direction.checkpoints=[]"], "needs direction.checkpoints=[B]"),
-    (["direction.kind=sideways"], "direction.kind='sideways' is not one of"),
-]
-
-
-@pytest.mark.parametrize(("overrides", "message"), BAD, ids=[m[:24] for _, m in BAD])
-def test_bad_input_one_clear_line_and_no_store(overrides, message, tmp_path):
-    overrides = [o(tmp_path) if callable(o) else o for o in overrides]
-    done = run_cli("main", *flags_first(overrides, *TINY, "name=bad"), cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
-    assert message in done.stderr
-    assert not (tmp_path / "runs" / "bad" / "landscape.zarr").exists()
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +80,21 @@ def test_refused_rerun_leaves_the_run_folder_untouched(finished_run, overrides, 
     assert _snapshot(run_dir) == before  # every file byte for byte, the rank logs included
 
 
-@pytest.mark.parametrize("argv", [
-    ["+model.kwargs.depth=3", "+data.kwargs={root: /tmp}"],
-    ["model=plain20", "grid=line", "direction=interpolation", "direction.checkpoints=[b.pt]"],
-    ["-m", "model=resnet8,plain8", "eval.samples=32,64", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2"],
-    ["hydra.job.chdir=true", "hydra.run.dir=elsewhere"],
-    ["-m", "model.width=range(2,6,2)", "hydra.verbose=true"],
-])
-def test_valid_commands_pass_the_check(argv):
-    from engine.config.check import check_command_line
-
-    check_command_line(argv)
-
-
-def test_added_unknown_key_refused_outside_the_cli_too(tmp_path):
-    with pytest.raises(UserError, match=r"unknown config key 'grid\.nope'"):
-        make_cfg(tmp_path, "+grid.nope=1")
-
-
 def test_replot_of_missing_store_is_one_line(tmp_path):
     done = run_cli("plot_main", str(tmp_path / "none.zarr"), cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "is not a landscape store" in done.stderr
+
+
+def test_hydra_multirun_two_models_and_comparison(tmp_path):
+    done = run_cli("main", "-m", "model=resnet8,plain8", *TINY, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs = tmp_path / "runs"
+    for name in ("resnet8-digits", "plain8-digits"):
+        assert read_surface(runs / name / "landscape.zarr").done.all()
+    assert (runs / "comparison_loss.png").stat().st_size > 1000
+    table = (runs / "comparison.md").read_text()
+    assert "| resnet8-digits |" in table and "| plain8-digits |" in table
+    again = run_cli("compare_main", str(runs / "resnet8-digits"), str(runs / "plain8-digits"), "--out",
+                    str(tmp_path / "cmp"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "cmp" / "comparison_accuracy.png").exists()

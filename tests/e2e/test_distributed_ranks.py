@@ -1,6 +1,6 @@
 """Real gloo ranks through torchrun: N-rank stores equal the 1-process store exactly, the timed batch size and K
 are rank 0's on every rank, a killed rank is survived by a rerun with identical numbers, and a second job on a
-live store is refused."""
+live store is refused; submitit's local executor as a 2-task job equals the 1-process store too."""
 
 from __future__ import annotations
 
@@ -109,3 +109,19 @@ def test_second_job_on_a_live_store_is_refused(reference):
     first.communicate(timeout=120)
     assert not Path(f"{store}.lease").exists()
     assert read_surface(store).done.sum() >= before
+
+
+def test_submitit_local_two_tasks_equal_one_process(reference):
+    """submitit's local executor as a 2-task job (its tasks are the ranks, no torchrun) equals the 1-process store."""
+    cwd, one = reference
+    job = subprocess.run([sys.executable, "-m", "engine.app.launch", "--cluster", "local", "--tasks", "2", "--wait",
+                          *TINY, *GRID, f"model.checkpoint={one / 'checkpoints' / 'final.pt'}", "name=two"],
+                         cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "done: runs/two/landscape.zarr" in job.stdout
+    assert sorted(p.name for p in (cwd / "runs" / "two" / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    for level in ("", PREVIEW):
+        a = read_surface(one / "landscape.zarr", level)
+        b = read_surface(cwd / "runs" / "two" / "landscape.zarr", level)
+        assert b.done.all()
+        np.testing.assert_array_equal(a.metrics["loss"], b.metrics["loss"])

@@ -1,6 +1,8 @@
-"""The store lease (`<store>.lease`) of a job that cannot release it: a run killed with SIGKILL leaves its lease
-behind and the rerun takes it over and completes the store exactly; a live holder's lease older than its ttl is
-taken over, one within its ttl is refused in one line naming the holder."""
+"""Stopped, resumed and contended runs: the tiles a rerun recomputes, a store of another config refused (then
+overwritten on request), a stopped run's coarse preview drawn, and the store lease (`<store>.lease`) of a job that
+cannot release it: a run killed with SIGKILL leaves its lease behind and the rerun takes it over and completes the
+store exactly; a live holder's lease older than its ttl is taken over, one within its ttl is refused in one line
+naming the holder. (A second torchrun job on a live store is in test_distributed_ranks.py.)"""
 
 from __future__ import annotations
 
@@ -14,20 +16,24 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 
 from engine.app.landscape import run_landscape
 from engine.core.errors import UserError
+from engine.figures.draw import surface_to_draw
+from engine.store.grid import PREVIEW
 from engine.store.read import read_surface
 from helpers import ENV, TINY, assert_same_store, make_cfg
 
-GRID = ["grid.resolution=[24,24]", "grid.preview=4", "summary.epsilon=null"]  # 36 + 4 tiles: seconds of sweeping
+LEASE_GRID = ["grid.resolution=[24,24]", "grid.preview=4", "summary.epsilon=null"]  # 36 + 4 tiles: seconds of sweeping
 
 
 def landscape(*args: str, cwd: Path) -> subprocess.Popen[str]:
     """The `landscape` command in a subprocess (one process, no torchrun), not waited for."""
-    return subprocess.Popen([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *args],
-                            cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *LEASE_GRID, *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen[str]) -> None:
@@ -89,3 +95,43 @@ def test_live_holder_is_refused_within_ttl_and_taken_over_after(trained_run, tmp
     lease.write_text(json.dumps({**held, "expires": time.time() - 1}))  # not renewed for longer than ttl
     result = run_landscape(cfg, resolved, log=False)
     assert read_surface(result.store).done.all() and not lease.exists()
+
+
+def test_resume_recomputes_only_cleared_tile(tmp_path):
+    cfg, resolved = make_cfg(tmp_path)
+    first = run_landscape(cfg, resolved, log=False)
+    assert len(first.tiles_computed) == 4
+    reference = read_surface(first.store).metrics["loss"].copy()
+    root = zarr.open_group(first.store, mode="r+")
+    root["loss"][4:6, 0:4] = -1.0  # data of tile (1, 0) damaged, and its flag cleared
+    root["done"][1:2, 0:1] = 0
+    second = run_landscape(cfg, resolved, log=False)
+    assert second.tiles_computed == [("", (1, 0))]
+    np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], reference)
+    assert run_landscape(cfg, resolved, log=False).tiles_computed == []
+
+
+def test_store_of_another_config_is_refused_then_overwritten(tmp_path):
+    cfg, resolved = make_cfg(tmp_path, "name=x")
+    first = run_landscape(cfg, resolved, log=False)
+    before = read_surface(first.store).metrics["loss"].copy()
+    other, other_resolved = make_cfg(tmp_path, "name=x", "direction.seed=99")
+    with pytest.raises(UserError, match=r"different config \(direction.seed: 123 -> 99\)"):
+        run_landscape(other, other_resolved, log=False)
+    np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], before)
+    forced, forced_resolved = make_cfg(tmp_path, "name=x", "direction.seed=99", "store.overwrite=true")
+    again = run_landscape(forced, forced_resolved, log=False)
+    assert len(again.tiles_computed) == 4
+    assert read_surface(again.store).attrs["config"]["direction"]["seed"] == 99
+
+
+def test_stopped_run_draws_its_complete_coarse_preview(tmp_path):
+    cfg, resolved = make_cfg(tmp_path, "grid.resolution=[16,12]", "grid.tile=[4,4]", "grid.preview=3",
+                             "plot.enabled=true", "plot.formats=[png]")
+    result = run_landscape(cfg, resolved, log=False)
+    assert [lvl for lvl, _ in result.tiles_computed[:2]] == [PREVIEW, PREVIEW]  # coarse level first
+    root = zarr.open_group(result.store, mode="r+")
+    root["done"][1:, :] = 0  # as if stopped after the preview and the first row of full tiles
+    surface, state = surface_to_draw(result.store)
+    assert surface.metrics["loss"].shape == (6, 4) and "coarse preview, 3/12 tiles done" in state
+    np.testing.assert_array_equal(surface.metrics["loss"], read_surface(result.store).metrics["loss"][::3, ::3])

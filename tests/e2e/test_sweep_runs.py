@@ -1,4 +1,7 @@
-"""The sweep against a naive reference, bitwise restore of theta*, grid shapes, resume and store refusal."""
+"""Whole sweeps (run_landscape, in this process) checked against independent references: the naive per-point loop,
+float64 rewrites off, K points per vmap pass against the in-place path, streamed batches, BatchNorm statistics in
+log space, BatchNorm recalibration against a recalibration from scratch; a model vmap cannot run still completes;
+line and non-square stores, directions reused from a store, far points stored non-finite and drawn."""
 
 from __future__ import annotations
 
@@ -9,18 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import xarray as xr
-import zarr
+from torch import nn
 
 from engine.app.landscape import run_landscape
-from engine.core.errors import UserError
-from engine.directions.vectors import perturbed_tensors, random_directions
 from engine.sources.checkpoints import load_checkpoint
-from engine.sources.data import load_data, subsample
+from engine.sources.data import Split, load_data, subsample
 from engine.sources.models import build_model
-from engine.store.grid import make_plan
 from engine.store.read import read_directions, read_surface
-from engine.sweep.perturb import Perturber
-from helpers import make_cfg
+from helpers import make_cfg, trained_model
 
 
 def naive_point(model, names, directions, coords, split, batch_size=17):
@@ -41,13 +40,6 @@ def naive_point(model, names, directions, coords, split, batch_size=17):
     return loss / len(split.y), correct / len(split.y)
 
 
-def _trained_model(cfg, result):
-    data = load_data(cfg.data)
-    model = build_model(cfg.model, data.input_shape, data.num_classes)
-    load_checkpoint(model, cfg.model.checkpoint or result.run_dir / "checkpoints" / "final.pt")
-    return model.eval(), subsample(data.test, cfg.eval.samples, cfg.data.seed)
-
-
 @pytest.fixture(scope="module")
 def uneven_run(trained_run, tmp_path_factory):
     """trained_run's weights swept on 70 eval samples in batches of 32: a short last batch of 6, as most real
@@ -63,7 +55,7 @@ def test_surface_matches_naive_reference(uneven_run):
     cfg, _, result = uneven_run
     assert cfg.eval.samples % cfg.eval.batch_size != 0
     assert "K=4" in (result.run_dir / "logs" / "rank0.log").read_text()  # the vmap path, not the in-place one
-    model, split = _trained_model(cfg, result)
+    model, split = trained_model(cfg, result)
     surface = read_surface(result.store)
     directions = read_directions(result.store)
     names = list(directions[0])
@@ -72,35 +64,6 @@ def test_surface_matches_naive_reference(uneven_run):
         loss, acc = naive_point(model, names, directions, coords, split)
         assert surface.metrics["loss"][i, j] == pytest.approx(loss, rel=2e-5, abs=1e-6)
         assert surface.metrics["accuracy"][i, j] == pytest.approx(acc, abs=1e-6)
-
-
-def test_theta_star_restored_bitwise(trained_run):
-    cfg, _, result = trained_run
-    model, _ = _trained_model(cfg, result)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    tensors = [t for _, t in perturbed_tensors(model, "states")]
-    dirs = random_directions([t.detach() for t in tensors], 2, 0, "filter", "none")
-    with Perturber(tensors, dirs).active() as p:
-        p.set((0.37, -0.81))
-        assert not torch.equal(tensors[0], before[next(iter(before))])
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.parametrize(
-    ("resolution", "tile", "tile_grid"),
-    [([7], [3], (3,)), ([6], [6], (1,)), ([5, 8], [2, 3], (3, 3)), ([4, 4], [4, 4], (1, 1)), ([1, 3], [2, 2], (1, 2))],
-)
-def test_plan_shapes_and_coordinates(resolution, tile, tile_grid, tmp_path):
-    cfg, _ = make_cfg(tmp_path, f"grid.resolution={resolution}", f"grid.tile={tile}", "grid.x=[-2,1]", "grid.y=[0,3]")
-    plan = make_plan(cfg.grid)
-    assert plan.shape == tuple(resolution) and plan.tile_grid == tile_grid
-    expected_x = np.linspace(-2, 1, resolution[0]) if resolution[0] > 1 else np.array([-0.5])
-    np.testing.assert_allclose(plan.coords[0], expected_x)
-    covered = np.zeros(plan.shape, dtype=int)
-    for t in plan.tiles():
-        covered[plan.tile_slices(t)] += 1
-        assert len(plan.tile_points(t)) == np.prod(plan.tile_shape(t))
-    assert (covered == 1).all()
 
 
 def test_line_and_nonsquare_plane_stores(tmp_path):
@@ -117,34 +80,6 @@ def test_line_and_nonsquare_plane_stores(tmp_path):
         ds = xr.open_zarr(result.store, consolidated=False)
         assert list(ds["loss"].dims) == surface.attrs["dims"]
         np.testing.assert_allclose(ds["loss"].coords["x"].values, surface.coords[0])
-
-
-def test_resume_recomputes_only_cleared_tile(tmp_path):
-    cfg, resolved = make_cfg(tmp_path)
-    first = run_landscape(cfg, resolved, log=False)
-    assert len(first.tiles_computed) == 4
-    reference = read_surface(first.store).metrics["loss"].copy()
-    root = zarr.open_group(first.store, mode="r+")
-    root["loss"][4:6, 0:4] = -1.0  # data of tile (1, 0) damaged, and its flag cleared
-    root["done"][1:2, 0:1] = 0
-    second = run_landscape(cfg, resolved, log=False)
-    assert second.tiles_computed == [("", (1, 0))]
-    np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], reference)
-    assert run_landscape(cfg, resolved, log=False).tiles_computed == []
-
-
-def test_store_of_another_config_is_refused_then_overwritten(tmp_path):
-    cfg, resolved = make_cfg(tmp_path, "name=x")
-    first = run_landscape(cfg, resolved, log=False)
-    before = read_surface(first.store).metrics["loss"].copy()
-    other, other_resolved = make_cfg(tmp_path, "name=x", "direction.seed=99")
-    with pytest.raises(UserError, match=r"different config \(direction.seed: 123 -> 99\)"):
-        run_landscape(other, other_resolved, log=False)
-    np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], before)
-    forced, forced_resolved = make_cfg(tmp_path, "name=x", "direction.seed=99", "store.overwrite=true")
-    again = run_landscape(forced, forced_resolved, log=False)
-    assert len(again.tiles_computed) == 4
-    assert read_surface(again.store).attrs["config"]["direction"]["seed"] == 99
 
 
 def test_directions_file_roundtrip_through_store(trained_run, tmp_path):
@@ -165,3 +100,128 @@ def test_far_points_store_nonfinite_and_draw(tmp_path):
     assert read_surface(result.store).done.all() and not np.isfinite(loss[0]).any()
     assert np.isfinite(loss[2, 1]) and result.summary["nonfinite_points"] + int(np.isnan(loss).sum()) > 0
     assert {p.name for p in result.figures} >= {"contourf.png", "heatmap.png", "surface3d.png"}
+
+
+# 70 eval samples in batches of 32: a short last batch, so a mean of per-batch means cannot pass for the mean
+UNEVEN_GRID = ["grid.resolution=[7,4]", "grid.tile=[3,3]", "grid.y=[-0.5,0.7]", "eval.samples=70",
+        "summary.epsilon=null"]
+
+
+def _loss(tmp_path, name, *overrides):
+    cfg, resolved = make_cfg(tmp_path, *UNEVEN_GRID, f"name={name}", *overrides)
+    result = run_landscape(cfg, resolved, log=False)
+    surface = read_surface(result.store)
+    return surface.metrics["loss"], surface.metrics["accuracy"]
+
+
+@pytest.mark.parametrize("model", [["model=resnet8"], ["model=mlp", "model.hidden=[32,32]"],
+                                   ["model=resnet8", "direction.over=states", "direction.ignore=none",
+                                    "grid.x=[-0.05,0.05]", "grid.y=[-0.05,0.05]"]],
+                         ids=["batchnorm", "mlp", "states"])
+def test_k_points_per_pass_match_in_place(model, tmp_path):
+    loss1, acc1 = _loss(tmp_path, "k1", *model, "eval.points_per_pass=1")
+    loss5, acc5 = _loss(tmp_path, "k5", *model, "eval.points_per_pass=5")
+    np.testing.assert_allclose(loss5, loss1, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(acc5, acc1, atol=1.0 / 70 + 1e-9)  # at most one flipped near-tie prediction
+    assert np.isfinite(loss1).all() and loss1.shape == (7, 4)
+    assert "K=5" in (tmp_path / "k5" / "logs" / "rank0.log").read_text()  # the vmap path did run
+
+
+def test_auto_k_and_streamed_batches(tmp_path):
+    loss1, _ = _loss(tmp_path, "k1", "eval.points_per_pass=1")
+    auto, _ = _loss(tmp_path, "auto", "eval.points_per_pass=null", "eval.cache=stream")
+    np.testing.assert_allclose(auto, loss1, rtol=2e-5, atol=1e-6)
+    log = (tmp_path / "auto" / "logs" / "rank0.log").read_text()
+    assert "points per pass: K=" in log
+
+
+def test_model_vmap_cannot_run_still_completes_a_run(tmp_path):
+    """The run part of sweep/test_vectorized.py's fallback: a custom model vmap cannot run, asked for 8 points per
+    pass, falls back to the in-place path and fills a finite store."""
+    loss, _ = _loss(tmp_path, "custom", "model=custom", "model._target_=helpers.DataDependent",
+                    "eval.points_per_pass=8")
+    assert np.isfinite(loss).all()
+
+
+def test_rewrites_off_gives_the_same_store(tmp_path):
+    grid = ["grid.resolution=[5,4]", "grid.tile=[3,3]", "eval.points_per_pass=1", "model=mlp", "model.hidden=[16]"]
+    stores = {}
+    for name, rewrites in (("on", "eval.rewrites=[fold_batchnorm,in_place,input_products,transposed_head]"),
+                           ("off", "eval.rewrites=[]")):
+        cfg, resolved = make_cfg(tmp_path, *grid, f"name={name}", rewrites)
+        stores[name] = read_surface(run_landscape(cfg, resolved, log=False).store).metrics["loss"]
+    np.testing.assert_allclose(stores["on"], stores["off"], rtol=1e-5)
+    log = (tmp_path / "on" / "logs" / "rank0.log").read_text()
+    assert "input-layer products on, transposed head on" in log
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_states_sweep_over_the_unit_square_is_finite(tmp_path, k):
+    """Li et al.'s states directions with BatchNorm statistics normalized (ignore=none): finite everywhere, in place
+    and under vmap (a variance direction added linearly made the variance negative at |coordinate| ~ 1)."""
+    cfg, resolved = make_cfg(tmp_path, "direction.over=states", "direction.ignore=none", "summary.epsilon=null",
+                             f"eval.points_per_pass={k}", "grid.x=[-1,1]", "grid.y=[-1,1]")
+    surface = read_surface(run_landscape(cfg, resolved, log=False).store)
+    assert surface.done.all() and np.isfinite(surface.metrics["loss"]).all()
+    assert surface.attrs["log_space"] and all(n.endswith("running_var") for n in surface.attrs["log_space"])
+
+
+def test_recalibrating_run_uses_the_in_place_path(tmp_path):
+    cfg, resolved = make_cfg(tmp_path, "name=recal", "eval.recalibrate_bn=true", "eval.recalibrate_samples=64",
+                             "grid.resolution=[3,3]", "eval.points_per_pass=4")
+    result = run_landscape(cfg, resolved, log=False)
+    plain_cfg, plain_resolved = make_cfg(tmp_path, "name=recal", "grid.resolution=[3,3]", "store.path=" +
+                                         str(tmp_path / "plain.zarr"), f"model.checkpoint={tmp_path}/recal/"
+                                         "checkpoints/final.pt")
+    plain = run_landscape(plain_cfg, plain_resolved, log=False)
+    recal_loss = read_surface(result.store).metrics["loss"]
+    assert np.isfinite(recal_loss).all()
+    assert not np.allclose(recal_loss, read_surface(plain.store).metrics["loss"])  # statistics did change
+    assert "K=1" in (tmp_path / "recal" / "logs" / "rank0.log").read_text()
+
+
+def recalibrated_point(model: nn.Module, directions: list[dict[str, torch.Tensor]], coords: tuple[float, ...],
+                       train: Split, batch_size: int, split: Split) -> tuple[float, float]:
+    """Loss and accuracy on split of a copy of model moved to theta* + sum c_k d_k, its BatchNorm statistics reset
+    and averaged (momentum=None) over train-mode passes on train in batches of batch_size."""
+    other = copy.deepcopy(model)
+    state = other.state_dict()
+    for name in directions[0]:
+        state[name] = state[name] + sum(c * d[name] for c, d in zip(coords, directions))
+    other.load_state_dict(state)
+    for m in other.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    other.train()
+    with torch.no_grad():
+        for i in range(0, len(train.y), batch_size):
+            other(train.x[i : i + batch_size])
+        other.eval()
+        out = other(split.x)
+    return F.cross_entropy(out, split.y).item(), (out.argmax(1) == split.y).float().mean().item()
+
+
+def test_recalibrated_run_matches_an_independent_recalibration(trained_run, tmp_path):
+    """Every point of a 3x3 plane (the first one swept and those away from theta*) equals its own recalibration
+    on the training split: recalibrating on the eval split, or only once, fails here."""
+    _, _, trained = trained_run
+    ckpt = trained.run_dir / "checkpoints" / "final.pt"
+    cfg, resolved = make_cfg(tmp_path, "name=recal", f"model.checkpoint={ckpt}", "eval.recalibrate_bn=true",
+                             "eval.recalibrate_samples=100", "grid.resolution=[3,3]", "grid.preview=0",
+                             "summary.epsilon=null")
+    result = run_landscape(cfg, resolved, log=False)
+    surface = read_surface(result.store)
+    assert surface.done.all()
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    load_checkpoint(model, ckpt)
+    train = subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed)
+    split = subsample(data.test, cfg.eval.samples, cfg.data.seed)
+    assert cfg.eval.batch_size is not None and len(train.y) % cfg.eval.batch_size  # a short last batch too
+    directions = read_directions(result.store)
+    for i, j in [(0, 0), (2, 0), (0, 2), (2, 2), (1, 2), (1, 1)]:
+        coords = (float(surface.coords[0][i]), float(surface.coords[1][j]))
+        loss, acc = recalibrated_point(model, directions, coords, train, cfg.eval.batch_size, split)
+        assert surface.metrics["loss"][i, j] == pytest.approx(loss, rel=2e-5, abs=1e-6), (i, j)
+        assert surface.metrics["accuracy"][i, j] == pytest.approx(acc, abs=1.0 / len(split.y) + 1e-6), (i, j)

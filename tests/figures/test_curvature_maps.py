@@ -13,31 +13,11 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 
-import engine.figures.common
 import engine.figures.curvature as ph
 from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
-
-X = np.linspace(-1.0, 1.0, 9)
-Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass
-
-
-@pytest.fixture
-def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
-    """Record every figure handed to save, by file stem (the Figure stays inspectable after it is closed)."""
-    seen: dict[str, Figure] = {}
-    original = engine.figures.common.save
-
-    def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
-        seen[stem] = fig
-        return original(fig, out_dir, stem, formats)
-
-    monkeypatch.setattr(engine.figures.common, "save", spy)
-    return seen
-
-
-def names(paths: list[Path]) -> set[str]:
-    """File names of a list of paths."""
-    return {p.name for p in paths}
+from helpers import PLOT_X as X
+from helpers import PLOT_Y as Y
+from helpers import file_names as names
 
 
 def assert_png(path: Path) -> None:

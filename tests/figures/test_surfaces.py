@@ -9,58 +9,14 @@ import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-import engine.figures.common
 from engine.figures.common import masked_grid, prepare
-from engine.figures.comparison import draw_comparison
 from engine.figures.surfaces import draw_surfaces
-
-X = np.linspace(-1.0, 1.0, 9)
-Y = np.linspace(-0.5, 1.5, 7)  # different length and range from X, so a transposed drawing cannot pass
-
-
-def bowl(x: np.ndarray = X, y: np.ndarray = Y) -> np.ndarray:
-    """x**2 + 2 y**2 laid out as arr[i, j] = f(x[i], y[j])."""
-    xx, yy = np.meshgrid(x, y, indexing="ij")
-    return xx**2 + 2 * yy**2
-
-
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """Record the Z arrays (and results) that reach Axes.contour / contourf / pcolormesh."""
-    calls: dict[str, list] = {"contour": [], "contourf": [], "pcolormesh": []}
-    for name in calls:
-        original = getattr(Axes, name)
-
-        def spy(self, *args, _name=name, _original=original, **kwargs):
-            result = _original(self, *args, **kwargs)
-            if len(args) == 3 and np.shape(args[2]) == (len(Y), len(X)):  # not a colorbar's own pcolormesh
-                calls[_name].append((np.ma.array(args[2], copy=True), result))
-            return result
-
-        monkeypatch.setattr(Axes, name, spy)
-    return calls
-
-
-@pytest.fixture
-def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
-    """Record every figure handed to save, by file stem (the Figure stays inspectable after it is closed)."""
-    seen: dict[str, Figure] = {}
-    original = engine.figures.common.save
-
-    def spy(fig: Figure, out_dir: Path, stem: str, formats: list[str]) -> list[Path]:
-        seen[stem] = fig
-        return original(fig, out_dir, stem, formats)
-
-    monkeypatch.setattr(engine.figures.common, "save", spy)
-    return seen
-
-
-def names(paths: list[Path]) -> set[str]:
-    """File names of a list of paths."""
-    return {p.name for p in paths}
+from helpers import PLOT_X as X
+from helpers import PLOT_Y as Y
+from helpers import bowl
+from helpers import file_names as names
 
 
 def test_2d_writes_every_figure_in_every_format(tmp_path: Path) -> None:
@@ -204,19 +160,6 @@ def test_explicit_clip_caps_inf_and_keeps_nan_masked(tmp_path: Path, recorded: d
         assert drawn.T[-1, -1] == 2.0
 
 
-def test_automatic_clip_keeps_basin_when_a_corner_diverges() -> None:
-    clean = bowl(X, X)
-    np.testing.assert_allclose(prepare(clean), clean)  # nothing diverges: nothing clipped
-    loss = clean.copy()
-    loss[-2:, -2:] = np.inf
-    loss[0, -1] = 1e6
-    p = prepare(loss)
-    assert clean.max() <= p.max() < 10  # the basin is untouched, the diverging corner is capped near it
-    assert p[-1, -1] == p.max() and p[0, -1] == p.max()
-    kept = np.isfinite(loss) & (loss < 1e6)
-    np.testing.assert_allclose(p[kept], clean[kept])
-
-
 def test_mismatched_shapes_and_markers_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loss"):
         draw_surfaces([X, Y], {"loss": bowl().T}, tmp_path)
@@ -224,21 +167,3 @@ def test_mismatched_shapes_and_markers_are_rejected(tmp_path: Path) -> None:
         draw_surfaces([X, Y, X], {"loss": bowl()}, tmp_path)
     with pytest.raises(ValueError, match="marker"):
         draw_surfaces([X, Y], {"loss": bowl()}, tmp_path, markers={"theta*": (0.0,)})
-
-
-def test_comparison_2d_and_1d(tmp_path: Path, recorded: dict[str, list]) -> None:
-    a, b = bowl(), 3 * bowl()
-    b[0, 0] = np.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        out2 = draw_comparison({"sgd": ([X, Y], a), "adam": ([X, Y], b)}, tmp_path / "cmp" / "loss2d.png")
-        out1 = draw_comparison({"sgd": ([X], a[:, 3]), "adam": ([X], b[:, 3])}, tmp_path / "loss1d.pdf",
-                               log_scale=True)
-    assert out2 == tmp_path / "cmp" / "loss2d.png" and out2.stat().st_size > 0
-    assert mpimg.imread(out2).shape[1] > mpimg.imread(out2).shape[0]  # a row of panels
-    assert out1.read_bytes().startswith(b"%PDF")
-    first, second = (cs for _, cs in recorded["contourf"])
-    np.testing.assert_array_equal(first.levels, second.levels)  # one shared colour scale
-    assert plt.get_fignums() == []
-    with pytest.raises(ValueError, match="dimensions"):
-        draw_comparison({"a": ([X, Y], a), "b": ([X], a[:, 0])}, tmp_path / "bad.png")

@@ -1,4 +1,4 @@
-"""Model family shapes and sizes, and checkpoint checks that name the mismatch."""
+"""engine.sources.models: model family shapes and sizes, custom targets, bad names."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import torch
 
 from engine.config.schema import ModelConfig
 from engine.core.errors import UserError
-from engine.sources.checkpoints import load_checkpoint
-from engine.sources.models import CifarResNet, build_model
+from engine.sources.models import build_model
 
 
 @pytest.mark.parametrize(("name", "params"), [("resnet20", 272474), ("plain20", 269722), ("resnet56", 855770)])
@@ -37,17 +36,3 @@ def test_custom_target_and_bad_names():
         build_model(ModelConfig(name="resnet21"), (3, 32, 32), 10)
     with pytest.raises(UserError, match="cannot be imported"):
         build_model(ModelConfig(name="custom", _target_="nope.Nothing"), (3, 32, 32), 10)
-
-
-def test_checkpoint_mismatch_names_keys_and_shapes(tmp_path):
-    small, wide = CifarResNet(8, 10, 1, 4, True), CifarResNet(8, 10, 1, 8, True)
-    torch.save({"state_dict": small.state_dict()}, tmp_path / "small.pt")
-    with pytest.raises(UserError, match=r"shape conv1.weight \(4, 1, 3, 3\) vs model \(8, 1, 3, 3\)"):
-        load_checkpoint(wide, tmp_path / "small.pt")
-    torch.save(CifarResNet(8, 10, 1, 4, False).state_dict(), tmp_path / "plain.pt")
-    with pytest.raises(UserError, match=r"missing layer2\.0\.proj\.0\.weight"):
-        load_checkpoint(small, tmp_path / "plain.pt")
-    (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(UserError, match="cannot be read"):
-        load_checkpoint(small, tmp_path / "junk.pt")
-    load_checkpoint(small, tmp_path / "small.pt")

@@ -2,7 +2,8 @@
 
 Checked against a float64 evaluation of the perturbed model, with and without BatchNorm, in 'states' mode, on a
 non-square grid. Also: the input layer's cache serves only the registered batches at the point they were set
-for; an untraceable model falls back with a logged reason; the fast loss matches cross-entropy.
+for; an untraceable model falls back with a logged reason. (A whole run with and without the rewrites:
+e2e/test_sweep_runs.py; the summed cross-entropy: sources/test_losses.py.)
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.app.landscape import run_landscape
-from engine.core.hostalloc import keep_freed_memory
 from engine.directions.vectors import perturbed_tensors, random_directions
 from engine.sources.batches import device_batches
 from engine.sources.data import Split, synthetic_images
-from engine.sources.losses import evaluate, summed_cross_entropy
 from engine.sources.models import MLP, CifarResNet
-from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.vectorized import PointRunner
-from helpers import DataDependent, make_cfg
+from helpers import DataDependent
 
 POINTS = np.array([(a, b) for a in np.linspace(-1.0, 1.0, 5) for b in np.linspace(-0.6, 0.4, 3)])
 
@@ -133,34 +130,3 @@ def test_untraceable_model_falls_back(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="engine.sweep.rewrite"):
         assert rewrite(model, names, theta, [theta, theta], torch.randn(4, 1, 8, 8)) is None
     assert "graph rewrites unavailable for DataDependent" in caplog.text
-
-
-def test_rewrites_off_gives_the_same_store(tmp_path):
-    grid = ["grid.resolution=[5,4]", "grid.tile=[3,3]", "eval.points_per_pass=1", "model=mlp", "model.hidden=[16]"]
-    stores = {}
-    for name, rewrites in (("on", "eval.rewrites=[fold_batchnorm,in_place,input_products,transposed_head]"),
-                           ("off", "eval.rewrites=[]")):
-        cfg, resolved = make_cfg(tmp_path, *grid, f"name={name}", rewrites)
-        stores[name] = read_surface(run_landscape(cfg, resolved, log=False).store).metrics["loss"]
-    np.testing.assert_allclose(stores["on"], stores["off"], rtol=1e-5)
-    log = (tmp_path / "on" / "logs" / "rank0.log").read_text()
-    assert "input-layer products on, transposed head on" in log
-
-
-@pytest.mark.parametrize("n", [40, 300, 1000])
-def test_summed_cross_entropy_and_accuracy_match_float64(n):
-    g = torch.Generator().manual_seed(n)
-    logits = torch.randn(n, 10, generator=g) * 4
-    logits[3, 2] = logits[3, 7] = logits[3].max() + 1  # a tie: the first maximum counts, as argmax
-    y = torch.randint(0, 10, (n,), generator=g)
-    want = F.cross_entropy(logits.double(), y, reduction="sum").item()
-    assert summed_cross_entropy(logits, y).item() == pytest.approx(want, rel=1e-6)
-    columns = logits.t().contiguous()
-    assert summed_cross_entropy(columns.t(), y).item() == pytest.approx(want, rel=1e-6)  # a [C, N] view
-    torch.testing.assert_close(columns, logits.t())  # and the view's storage is left alone
-    out = evaluate(nn.Identity(), [(logits, y)])
-    assert out["accuracy"] == (logits.argmax(1) == y).double().mean().item()
-
-
-def test_host_malloc_setting_applies_on_linux():
-    assert keep_freed_memory()
