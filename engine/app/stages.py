@@ -35,7 +35,6 @@ from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
 from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
-from engine.figures.draw import draw
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
 from engine.sources.batchnorm import BatchNormRecalibrator
 from engine.sources.checkpoints import load_checkpoint, state_fingerprint
@@ -310,4 +309,8 @@ def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:
 
 def figures_stage(cfg: RunConfig, store: Path) -> list[Path]:
     """Every figure of the store into <run dir>/figures (rank 0), unless plot.enabled is off."""
-    return draw(store, run_dir_of(cfg) / "figures", cfg.plot) if cfg.plot.enabled else []
+    if not cfg.plot.enabled:
+        return []
+    from engine.figures.draw import draw  # matplotlib (0.6 s to import) only for runs that draw
+
+    return draw(store, run_dir_of(cfg) / "figures", cfg.plot)
