@@ -16,6 +16,9 @@ from hydra.core.config_store import ConfigStore
 from engine.core.errors import UserError
 
 RESNET_FAMILIES = ("resnet", "plain")
+HF_TASKS = ("causal_lm", "sequence_classification", "image_classification")
+DATA_SOURCES = ("digits", "synthetic", "custom", "cifar10", "cifar100", "imagefolder", "text")
+LOSSES = ("cross_entropy", "mse", "causal_lm", "custom")
 REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head")
 
 
@@ -28,7 +31,7 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """Which network to build; shapes left None are taken from the data."""
 
-    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | custom
+    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | torchvision | hf | custom
     width: int = 16  # channels of the first ResNet stage (doubled at each of the 3 stages)
     hidden: list[int] = field(default_factory=lambda: [128, 128])  # MLP hidden sizes
     in_channels: int | None = None  # image channels; None: from the data
@@ -36,36 +39,77 @@ class ModelConfig:
     num_classes: int | None = None  # None: from the data
     checkpoint: str | None = None  # trained weights to load; None: train them (see train/)
     _target_: str | None = None  # custom model: import path of an nn.Module class or factory
-    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom model
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom or torchvision model
+    arch: str | None = None  # torchvision: an architecture of torchvision.models (resnet18, vit_b_16, ...)
+    path: str | None = None  # hf: a local folder saved with save_pretrained (config, weights, tokenizer)
+    task: str = "causal_lm"  # hf: causal_lm | sequence_classification | image_classification (which head)
+    trust_remote_code: bool = False  # hf: run the folder's own modelling code (off: such a folder is refused)
 
     def __post_init__(self) -> None:
         if self.width < 1:
             raise UserError(f"model.width={self.width} must be >= 1")
         if self.name == "custom" and not self._target_:
             raise UserError("model=custom needs model._target_=<module.Class> (and model.checkpoint=...)")
+        if self.name == "torchvision" and not self.arch:
+            raise UserError("model=torchvision needs model.arch=<a torchvision.models name, e.g. resnet18>")
+        if self.name == "hf" and not self.path:
+            raise UserError("model=hf needs model.path=<a folder saved with save_pretrained>")
+        _check_choice("model.task", self.task, HF_TASKS)
 
 
 @dataclass
 class DataConfig:
     """Where the evaluation (and training) samples come from."""
 
-    name: str = "digits"  # digits (bundled with scikit-learn) | synthetic | custom
+    # digits (bundled with scikit-learn) | synthetic | custom | cifar10 | cifar100 | imagefolder | text
+    name: str = "digits"
     shape: list[int] = field(default_factory=lambda: [3, 32, 32])  # synthetic: one sample's shape
     num_classes: int = 10  # synthetic: number of classes
     size: int = 1280  # synthetic: number of samples (train + test)
     test_fraction: float = 0.2  # share of samples held out as the test split (fixed, seeded)
     seed: int = 0  # seed of the split and of synthetic samples
-    _target_: str | None = None  # custom: import path of a torch Dataset class or factory
+    _target_: str | None = None  # custom: import path of a Dataset, a DataLoader, or a factory of either
     kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom dataset
+    root: str | None = None  # cifar10/cifar100: folder holding cifar-10-batches-py/; imagefolder: class folders
+    download: bool = False  # cifar10/cifar100: fetch the files into data.root when missing (needs a network)
+    preset: str = "imagenet"  # imagefolder: imagenet (resize 256, centre crop 224, ImageNet mean/std) | plain
+    image_size: int = 224  # imagefolder: side of the centre crop (imagenet resizes to 8/7 of it first)
+    path: str | None = None  # text: a .txt file, or a .json/.jsonl/.parquet file with a data.text_field column
+    text_field: str = "text"  # text: the column of a json/jsonl/parquet file that holds the text
+    tokenizer: str | None = None  # text: folder of a saved tokenizer; None: model.path's
+    block_size: int = 128  # text: tokens per sequence (the token stream is cut into blocks of this length)
 
     def __post_init__(self) -> None:
-        _check_choice("data.name", self.name, ("digits", "synthetic", "custom"))
+        _check_choice("data.name", self.name, DATA_SOURCES)
+        _check_choice("data.preset", self.preset, ("imagenet", "plain"))
+        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+            raise UserError(f"data={self.name} needs data.root=<folder of the data set>")
+        if self.name == "text" and not self.path:
+            raise UserError("data=text needs data.path=<a .txt, .json, .jsonl or .parquet file>")
+        if self.block_size < 2 or self.image_size < 1:
+            raise UserError("data.block_size must be >= 2 and data.image_size >= 1")
         if not 0.0 < self.test_fraction < 1.0:
             raise UserError(f"data.test_fraction={self.test_fraction} must lie strictly between 0 and 1")
         if self.name == "synthetic" and (self.size < 2 or self.num_classes < 2 or not self.shape):
             raise UserError("data=synthetic needs data.size >= 2, data.num_classes >= 2 and a data.shape")
         if self.name == "custom" and not self._target_:
             raise UserError("data=custom needs data._target_=<module.DatasetClass>")
+
+
+@dataclass
+class LossConfig:
+    """What is swept: the loss (and metrics) of the model on one batch, summed over the batch's items."""
+
+    # cross_entropy (classification; accuracy) | mse (regression) | causal_lm (next-token loss; perplexity, token
+    # accuracy) | custom (loss._target_: fn(model, batch) -> (summed loss, item count[, {metric: sum}]))
+    name: str = "cross_entropy"
+    _target_: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments the custom function is called with
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.name", self.name, LOSSES)
+        if self.name == "custom" and not self._target_:
+            raise UserError("loss=custom needs loss._target_=<module.function> (fn(model, batch) -> (sum, count))")
 
 
 @dataclass
@@ -101,6 +145,9 @@ class DirectionConfig:
     path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
     checkpoints: list[str] = field(default_factory=list)  # kind=interpolation: [B]; kind=plane: [B, C]
     trajectory: str | None = None  # kind=pca: folder of epoch_*.pt; None: this run's own checkpoints/
+    include: list[str] = field(default_factory=list)  # regexes over parameter names: only those moved ([]: all)
+    exclude: list[str] = field(default_factory=list)  # regexes over parameter names: never moved
+    frozen: bool = False  # also move parameters with requires_grad=False (off: frozen ones stay at theta*)
 
     def __post_init__(self) -> None:
         _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
@@ -167,6 +214,7 @@ class EvalConfig:
     # batch), transposed_head (a final Linear with few outputs computed as a [classes, N] product)
     rewrites: list[str] = field(default_factory=lambda: list(REWRITES))
     host_malloc: bool = True  # CPU runs: glibc keeps freed activation memory instead of faulting in new pages
+    workers: int = 0  # DataLoader worker processes for an eval set streamed from its files (too big to cache)
 
     def __post_init__(self) -> None:
         _check_choice("eval.split", self.split, ("test", "train"))
@@ -270,6 +318,7 @@ class RunConfig:
     out_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     direction: DirectionConfig = field(default_factory=DirectionConfig)
     grid: GridConfig = field(default_factory=GridConfig)
@@ -286,13 +335,24 @@ def register_configs() -> None:
 
 
 # Keys that change the numbers in a store; the rest (paths, plots, batch size, device) do not.
-RESULT_KEYS = ("model", "data", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision",
+RESULT_KEYS = ("model", "data", "loss", "train", "direction", "grid", "eval.split", "eval.samples", "eval.precision",
                "hessian.curvature", "hessian.curvature_steps", "hessian.samples", "hessian.seed", "hessian.rtol")
+
+
+# Keys added after stores were first written, at their defaults: left out of result_config, so a store written
+# before they existed reopens (a run at the defaults computes what it computed then).
+ADDED_DEFAULTS: dict[str, Any] = {
+    "model.arch": None, "model.path": None, "model.task": "causal_lm", "model.trust_remote_code": False,
+    "data.root": None, "data.download": False, "data.preset": "imagenet", "data.image_size": 224, "data.path": None,
+    "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128,
+    "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
+    "direction.include": [], "direction.exclude": [], "direction.frozen": False,
+}
 
 
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that determines a store's values, as a flat {dotted key: value}."""
-    flat = _flatten(cfg)
+    flat = {k: v for k, v in _flatten(cfg).items() if k not in ADDED_DEFAULTS or ADDED_DEFAULTS[k] != v}
     keep = {k: v for k, v in flat.items() if any(k == r or k.startswith(r + ".") for r in RESULT_KEYS)}
     if cfg.get("model", {}).get("checkpoint"):
         keep = {k: v for k, v in keep.items() if not k.startswith("train.")}

@@ -22,7 +22,10 @@ def read_checkpoint(path: str | Path, model: nn.Module) -> tuple[State, Any]:
         raise UserError(f"checkpoint {path} does not exist; give an existing .pt file "
                         "(training writes <run>/checkpoints/epoch_NNN.pt and final.pt)")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = read_safetensors(path) if path.suffix == ".safetensors" else torch.load(
+            path, map_location="cpu", weights_only=True)  # tensors and plain containers only: no code is unpickled
+    except UserError:
+        raise
     except Exception as err:
         raise UserError(f"checkpoint {path} cannot be read as a torch checkpoint ({type(err).__name__}); "
                         "give a .pt file written by torch.save") from None
@@ -32,6 +35,16 @@ def read_checkpoint(path: str | Path, model: nn.Module) -> tuple[State, Any]:
                         "or {'state_dict': model.state_dict()}")
     check_state_fits(model, state, str(path))
     return state, blob
+
+
+def read_safetensors(path: Path) -> State:
+    """The tensors of a .safetensors file (the format Hugging Face and torchvision users share weights in)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"checkpoint {path} is a .safetensors file: pip install safetensors (or the engine's "
+                        "[hf] extra)") from None
+    return load_file(str(path), device="cpu")
 
 
 def load_state(path: str | Path, model: nn.Module) -> State:

@@ -87,10 +87,29 @@ class MLP(nn.Module):
         return self.head(x)
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """Build the configured model for inputs of input_shape (C, H, W) and num_classes outputs."""
+    if cfg.name == "torchvision":
+        from engine.sources.vision import build_torchvision_model  # torchvision: an optional extra
+
+        return build_torchvision_model(cfg)
+    if cfg.name == "hf":
+        from engine.sources.hf import build_hf_model  # transformers: an optional extra
+
+        return build_hf_model(cfg)
+    if cfg.name == "custom":
+        try:
+            factory = get_object(cast(str, cfg._target_))  # set: ModelConfig checks it for custom
+        except Exception as err:
+            raise UserError(f"model._target_={cfg._target_!r} cannot be imported ({err})") from None
+        return factory(**dict(cfg.kwargs))
+    if not input_shape:
+        raise UserError(f"model={cfg.name} needs image or vector inputs; this data set's inputs are not one tensor "
+                        "(use model=hf, torchvision or custom)")
     in_channels = cfg.in_channels or input_shape[0]
     classes = cfg.num_classes or num_classes
+    if classes is None:
+        raise UserError(f"model={cfg.name} needs a number of classes and the data cannot tell; set model.num_classes")
     if cfg.image_size is not None and tuple(input_shape[1:]) != (cfg.image_size, cfg.image_size):
         raise UserError(f"model.image_size={cfg.image_size} but the data's samples have shape {input_shape}")
     family = re.fullmatch(r"(resnet|plain)(\d+)", cfg.name)
@@ -98,13 +117,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         return CifarResNet(int(family[2]), classes, in_channels, cfg.width, shortcut=family[1] == "resnet")
     if cfg.name == "mlp":
         return MLP(int(torch.Size(input_shape).numel()), list(cfg.hidden), classes)
-    if cfg.name == "custom":
-        try:
-            factory = get_object(cast(str, cfg._target_))  # set: ModelConfig checks it for custom
-        except Exception as err:
-            raise UserError(f"model._target_={cfg._target_!r} cannot be imported ({err})") from None
-        return factory(**dict(cfg.kwargs))
     raise UserError(
         f"unknown model name {cfg.name!r}: use resnet<6n+2> (resnet20, resnet56, resnet110), "
-        "plain<6n+2> (plain20, ...), mlp, or custom with model._target_"
+        "plain<6n+2> (plain20, ...), mlp, torchvision, hf, or custom with model._target_"
     )
