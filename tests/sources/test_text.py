@@ -1,0 +1,169 @@
+"""engine.sources.text: .txt, .json, .jsonl and .parquet files become blocks of token ids that concatenate back to
+the tokenized documents, split by seed; each bad input is refused in one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hf_fixtures import save_tiny_tokenizer, tiny_text
+
+from engine.config.schema import DataConfig
+from engine.core.errors import UserError
+from engine.sources.text import cut_blocks, load_text_data, read_documents, token_stream
+
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+DOCS = [tiny_text(400 + 150 * i, seed=i) for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_tokenizer(tmp_path_factory.mktemp("text") / "tok", tiny_text(20_000))
+
+
+def text_cfg(path: Path, tokenizer: Path | None, **keys: Any) -> DataConfig:
+    return DataConfig(name="text", path=str(path), tokenizer=None if tokenizer is None else str(tokenizer),
+                      **{"block_size": 16, "test_fraction": 0.25, **keys})
+
+
+def write(folder: Path, kind: str, docs: list[str], field: str = "text") -> Path:
+    """The documents in one file of the kind: txt (one document), json, json-data ({"data": [...]}), jsonl, parquet."""
+    records = [{field: d, "id": i} for i, d in enumerate(docs)]
+    path = folder / f"docs.{kind.split('-')[0]}"
+    if kind == "txt":
+        path.write_text(docs[0], encoding="utf-8")
+    elif kind == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")
+    elif kind.startswith("json"):
+        path.write_text(json.dumps({"data": records} if kind == "json-data" else records), encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({field: docs, "id": list(range(len(docs)))}), path)
+    return path
+
+
+def rows(*splits: Any) -> list[tuple[int, ...]]:
+    return sorted(tuple(r) for s in splits for r in s.x["input_ids"].tolist())
+
+
+def refused(cfg: DataConfig, match: str, model_path: str | None = None) -> None:
+    with pytest.raises(UserError, match=match) as err:
+        load_text_data(cfg, model_path)
+    assert "\n" not in str(err.value)
+
+
+KINDS = ["txt", "json", "json-data", "jsonl",
+         pytest.param("parquet", marks=pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed"))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_concatenate_back_to_the_tokenized_documents(kind: str, tok: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tok)
+    path = write(tmp_path, kind, DOCS)
+    docs = DOCS[:1] if kind == "txt" else DOCS
+    joined = "<|endoftext|>".join(docs)
+    assert read_documents(path, "text") == docs
+    stream = tokenizer(joined, add_special_tokens=False)["input_ids"]
+    blocks = cut_blocks(token_stream(tokenizer, docs), 16, path)
+    assert blocks.dtype == torch.int64 and blocks.shape == (len(stream) // 16, 16)
+    assert blocks.flatten().tolist() == stream[: blocks.numel()]
+    assert joined.startswith(tokenizer.decode(blocks.flatten()))
+    assert len(joined) - len(tokenizer.decode(blocks.flatten())) < 16 * 8  # only the remainder is dropped
+    if kind != "txt":
+        assert blocks.flatten().tolist().count(tokenizer.eos_token_id) == len(DOCS) - 1
+    bundle = load_text_data(text_cfg(path, tok), None)
+    for split in (bundle.train, bundle.test):
+        assert split.y is None and set(split.x) == {"input_ids", "attention_mask"}
+        assert split.x["attention_mask"].dtype == torch.int64 and bool((split.x["attention_mask"] == 1).all())
+    assert rows(bundle.train, bundle.test) == sorted(tuple(r) for r in blocks.tolist())
+    assert bundle.input_shape == () and bundle.num_classes is None
+    assert bundle.extra == {"vocab_size": len(tokenizer)}
+
+
+def test_seeded_split_disjoint_and_reproducible(tok: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "jsonl", DOCS)
+    first, again = (load_text_data(text_cfg(path, tok), None) for _ in range(2))
+    other = load_text_data(text_cfg(path, tok, seed=1), None)
+    train, test = set(rows(first.train)), set(rows(first.test))
+    assert len(train) == len(first.train) and len(test) == len(first.test)  # the blocks are distinct
+    assert not train & test and len(first.test) == round(0.25 * (len(first.train) + len(first.test)))
+    assert torch.equal(first.train.x["input_ids"], again.train.x["input_ids"])
+    assert torch.equal(first.test.x["input_ids"], again.test.x["input_ids"])
+    assert set(rows(other.test)) != test
+
+
+def test_tokenizer_from_model_path(tok: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "txt", DOCS)
+    from_model = load_text_data(text_cfg(path, None), str(tok))
+    from_data = load_text_data(text_cfg(path, tok), str(tmp_path / "elsewhere"))
+    assert torch.equal(from_model.train.x["input_ids"], from_data.train.x["input_ids"])
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ('{"text": "a"}\n{"body": "b"}\n', r"docs.jsonl: record 1 has no 'text' field \(data.text_field=text\)"),
+    ('{"text": "a"}\n{"text": 5}\n', r"docs.jsonl: record 1's 'text' is int, not text"),
+    ('{"text": "a"}\n{"text": \n', r"docs.jsonl: line 2 is not JSON \(Expecting value, line 1\)"),
+    ('["a", "b"]\n', r"docs.jsonl: record 0 has no 'text' field"),
+])
+def test_bad_records_refused(content: str, match: str, tok: Path, tmp_path: Path) -> None:
+    (tmp_path / "docs.jsonl").write_text(content)
+    refused(text_cfg(tmp_path / "docs.jsonl", tok), match)
+
+
+def test_bad_files_refused(tok: Path, tmp_path: Path) -> None:
+    refused(text_cfg(tmp_path / "none.txt", tok), r"data.path=.*none.txt is not a file; give a .txt, .json")
+    (tmp_path / "docs.csv").write_text("text\na\n")
+    refused(text_cfg(tmp_path / "docs.csv", tok), r"unknown extension '.csv'; data=text reads .txt, .json, .jsonl")
+    (tmp_path / "docs.json").write_text('{"rows": []}')
+    refused(text_cfg(tmp_path / "docs.json", tok), r"holds a JSON dict; give a list of records or \{\"data\"")
+    (tmp_path / "docs.txt").write_bytes(b"caf\xe9 au lait")
+    refused(text_cfg(tmp_path / "docs.txt", tok), r"docs.txt is not UTF-8 text \(invalid continuation byte")
+    path = write(tmp_path, "txt", DOCS)
+    refused(text_cfg(path, tok, block_size=2000), r"gives \d+ tokens, fewer than 2 blocks of data.block_size=2000")
+
+
+def test_two_blocks_at_least(tok: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = write(tmp_path, "txt", DOCS)
+    tokens = len(AutoTokenizer.from_pretrained(tok)(DOCS[0])["input_ids"])
+    refused(text_cfg(path, tok, block_size=tokens // 2 + 1), f"gives {tokens} tokens, fewer than 2 blocks")
+    bundle = load_text_data(text_cfg(path, tok, block_size=tokens // 2, test_fraction=0.5), None)
+    assert len(bundle.train) == len(bundle.test) == 1
+
+
+def test_tokenizer_missing_or_empty_refused(tok: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "txt", DOCS)
+    refused(text_cfg(path, None), r"data=text needs a tokenizer: set data.tokenizer=.* or model.path=")
+    refused(text_cfg(path, tmp_path / "nothing"), r"data.tokenizer=.*nothing is not a folder; the tokenizer")
+    refused(text_cfg(path, None), r"model.path=.*docs.txt is not a folder", model_path=str(path))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    refused(text_cfg(path, None), r"model.path=.*model holds no tokenizer \(none of tokenizer.json",
+            model_path=str(tmp_path / "model"))
+    (tmp_path / "model" / "tokenizer.json").write_text("{broken")
+    refused(text_cfg(path, None), r"model.path=.*model: the tokenizer could not be loaded \(",
+            model_path=str(tmp_path / "model"))
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    refused(text_cfg(path, tok), r"data=text needs the transformers package: pip install 'landscape-engine\[hf\]'")
+
+
+@pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
+def test_parquet_without_the_column_refused(tok: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "parquet", DOCS, field="body")
+    refused(text_cfg(path, tok), r"docs.parquet has no column 'text' \(data.text_field\); its columns: body, id")
+
+
+@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed")
+def test_parquet_without_pyarrow_named(tok: Path, tmp_path: Path) -> None:
+    (tmp_path / "docs.parquet").write_bytes(b"PAR1")
+    refused(text_cfg(tmp_path / "docs.parquet", tok), r"reading .parquet needs pyarrow \(pip install pyarrow\)")
