@@ -78,8 +78,9 @@ def trained_model(cfg: RunConfig, result: Any) -> tuple[nn.Module, Any]:
     """The model of a finished run (its model.checkpoint, else the weights it trained) in eval mode, and the run's
     eval split."""
     from engine.sources.checkpoints import load_checkpoint
-    from engine.sources.data import load_data, subsample
+    from engine.sources.data import load_data
     from engine.sources.models import build_model
+    from engine.sources.splits import subsample
 
     data = load_data(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.num_classes)

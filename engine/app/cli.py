@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from engine.config.check import check_command_line, to_run_config
+from engine.config.check import check_command_line, open_dict_keys, to_run_config
 from engine.config.files import CONF_DIR
 from engine.config.record import hydra_job
 from engine.config.schema import PlotConfig, register_configs
@@ -24,7 +24,9 @@ from engine.core.errors import UserError, guarded
 
 
 def check_argv() -> None:
-    """Check the command line's overrides before hydra.main runs: one line and exit code 2 on a mistake."""
+    """Check the command line's overrides before hydra.main runs: one line and exit code 2 on a mistake.
+    model.kwargs / data.kwargs / loss.kwargs keys need no `+` (open_dict_keys)."""
+    sys.argv[1:] = open_dict_keys(sys.argv[1:])
     try:
         check_command_line(sys.argv[1:])
     except UserError as err:

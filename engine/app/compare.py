@@ -22,7 +22,7 @@ from engine.store.read import read_surface
 
 COLUMNS = [
     ("center loss", lambda s: s["center"]["loss"]),
-    ("center acc", lambda s: s["center"]["accuracy"]),
+    ("center acc", lambda s: s["center"].get("accuracy")),
     ("min loss", lambda s: s.get("minimum", {}).get("loss")),
     ("basin x", lambda s: s["basin"]["x"].get("width")),
     ("basin y", lambda s: s["basin"].get("y", {}).get("width")),
@@ -39,7 +39,8 @@ def _store_of(path: Path) -> Path:
 
 
 def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip: float | None = None) -> list[Path]:
-    """Draw loss and accuracy of the runs side by side and write comparison.md / .json; returns the files."""
+    """Draw each metric the runs share (loss, accuracy, ...) side by side and write comparison.md / .json; returns
+    the files."""
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     surfaces = {_store_of(r).parent.name: read_surface(_store_of(r)) for r in runs}
@@ -49,12 +50,18 @@ def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip:
     files = [
         draw_comparison({n: (s.coords, s.metrics[m]) for n, s in surfaces.items()}, out_dir / f"comparison_{m}.png",
                         metric=m, log_scale=log_scale and m == "loss", clip=clip)
-        for m in ("loss", "accuracy")
+        for m in shared_metrics(surfaces)
     ]
     summaries = {name: summarize(s) for name, s in surfaces.items()}
     (out_dir / "comparison.json").write_text(json.dumps(summaries, indent=2) + "\n")
     (out_dir / "comparison.md").write_text(table(summaries))
     return [*files, out_dir / "comparison.json", out_dir / "comparison.md"]
+
+
+def shared_metrics(surfaces: dict[str, Any]) -> list[str]:
+    """The loss metrics every run's store holds, in the first run's order (curvature maps aside)."""
+    first = next(iter(surfaces.values())).metrics
+    return [m for m in first if not m.startswith("hessian/") and all(m in s.metrics for s in surfaces.values())]
 
 
 def table(summaries: dict[str, dict[str, Any]]) -> str:

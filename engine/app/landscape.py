@@ -39,45 +39,55 @@ def run_train(cfg: RunConfig) -> Path:
     """The train stage alone: per-epoch checkpoints and final.pt under <run dir>/checkpoints."""
     check_combination(cfg)
     with process_group(cfg.eval.device) as env:
-        stages.prepare_model(cfg, load_data(cfg.data), env)
+        stages.prepare_model(cfg, load_data(cfg.data, cfg.model.path), env)
     return stages.run_dir_of(cfg) / "checkpoints" / "final.pt"
 
 
-def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> RunResult:
-    """Train or load, sweep the grid into the store (resuming), summarize and draw; returns the outputs."""
+def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
+                  given: stages.Given | None = None) -> RunResult:
+    """Train or load, sweep the grid into the store (resuming), summarize and draw; returns the outputs. With
+    `given` (the Python API), its model, eval set and loss replace the config's model, data and loss."""
     start = time.perf_counter()
     stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
         levels = make_levels(cfg.grid)
         plan = levels[""]
-        data = load_data(cfg.data)
-        model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
-        target = perturbed(model, cfg.direction.over)  # theta* taken before any change of memory format
-        split = stages.eval_split(cfg, data)
+        if given is None:
+            data = load_data(cfg.data, cfg.model.path)
+            model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+            split = stages.eval_split(cfg, data)
+            loss = stages.loss_stage(cfg, model, split, env)
+        else:
+            data, model = None, given.model.to(env.device).eval()
+            split = stages.given_split(cfg, given.split)
+            loss = stages.probed(given.loss, model, split, env)
+        d = cfg.direction  # theta* taken before any change of memory format:
+        target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
         channels_last = stages.uses_channels_last(cfg, split)
         if channels_last:
             model, split = stages.to_channels_last(model, split)
         hvp_batches = stages.hessian_stage_batches(cfg, split, env)
-        made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env)
+        made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
         fingerprint = stages.agree_across_ranks(env, model, made)
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
-        spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint)
+        spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
         with stages.held_store(cfg, resolved, spec, env) as store:
-            say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split.y)} "
+            say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split)} "
                 f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store}")
             tune_on = stages.tuning_plan(levels, store)
-            batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on)
+            batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on, loss)
             logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
-            recalibrate = stages.recalibrator(cfg, data, model, batch_size, env, channels_last)
-            runner = stages.runner_stage(cfg, model, target, made, batches, env, tune_on, recalibrate, hvp_batches)
+            recalibrate = stages.recalibrator(cfg, data, model, batch_size, env, channels_last, loss)
+            runner = stages.runner_stage(cfg, model, target, made, batches, env, tune_on, recalibrate, hvp_batches,
+                                         loss)
             tiles = stages.sweep_stage(runner, levels, store, cfg, env)
             if cfg.hessian.spectrum:
-                stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say)
+                stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
             if cfg.summary.epsilon is not None:
-                on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store))
+                on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
         if env.is_main:
             result.summary = stages.summary_stage(cfg, store)
@@ -89,8 +99,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) ->
 def report(result: RunResult, seconds: float, tiles: int, say: stages.Say) -> None:
     """The run's last console lines: time, the center's numbers, a partial store's warning, where things are."""
     center = result.summary["center"]
-    say(f"done in {seconds:.1f} s ({tiles} tile(s) on rank 0); center loss {center['loss']}, accuracy "
-        f"{center['accuracy']}")
+    numbers = ", ".join(f"{'center ' if k == 'loss' else ''}{k} {v}" for k, v in center.items() if k != "coords")
+    say(f"done in {seconds:.1f} s ({tiles} tile(s) on rank 0); {numbers}")
     if not result.summary["complete"]:
         say(f"warning: {len(result.summary['missing_tiles'])} tile(s) are not done; run the same command again")
     say(f"store:   {result.store}\nsummary: {result.run_dir / 'summary.json'}\nfigures: {result.run_dir / 'figures'}")

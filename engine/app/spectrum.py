@@ -21,22 +21,33 @@ from engine.directions.vectors import perturbed
 from engine.figures.curvature import draw_density, draw_eigenvalues
 from engine.sources.checkpoints import state_fingerprint
 from engine.sources.data import load_data
+from engine.sources.structure import items_in
 from engine.store.spectra import existing_spectrum, write_spectrum_store
 
 
 def spectrum_settings(resolved: dict[str, Any], fingerprint: str) -> dict[str, Any]:
     """What a spectrum's numbers depend on: the weights, the data, the eval split and the hessian settings."""
-    return {"fingerprint": fingerprint, "data": resolved["data"], "hessian": resolved["hessian"],
-            "eval": {k: resolved["eval"][k] for k in ("split", "samples")}, "over": resolved["direction"]["over"]}
+    settings = {"fingerprint": fingerprint, "data": resolved["data"], "hessian": resolved["hessian"],
+                "eval": {k: resolved["eval"][k] for k in ("split", "samples")}, "over": resolved["direction"]["over"]}
+    if resolved.get("loss", {}).get("name", "cross_entropy") != "cross_entropy":  # older stores: no key, the default
+        settings["loss"] = resolved["loss"]
+    scope = {k: resolved["direction"].get(k) for k in ("include", "exclude", "frozen")}
+    if any(scope.values()):
+        settings["scope"] = scope
+    return settings
 
 
-def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> tuple[Path, Spectrum]:
+def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
+                 given: stages.Given | None = None) -> tuple[Path, Spectrum]:
     """Train or load the model, compute its spectra at theta* (all ranks), and write store, JSON and figures."""
     stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
-        data = load_data(cfg.data)
-        model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+        if given is None:
+            data = load_data(cfg.data, cfg.model.path)
+            model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+        else:
+            model = given.model.to(env.device).eval()
         fingerprint = state_fingerprint(model)
         check_same(env, "model weights (fingerprints)", fingerprint)
         run_dir = stages.run_dir_of(cfg)
@@ -47,11 +58,18 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True) -> 
         if spectrum is not None:
             say(f"spectrum: already in {path}; redrawing")
         else:
-            batches = stages.hessian_stage_batches(cfg, stages.eval_split(cfg, data), env, always=True)
-            params = hessian_params(perturbed(model, cfg.direction.over).tensors)
-            say(f"spectrum of {cfg.model.name} at theta* over {sum(len(y) for _, y in batches)} samples "
+            if given is None:
+                split = stages.eval_split(cfg, data)
+                loss = stages.loss_stage(cfg, model, split, env)
+            else:
+                split = stages.given_split(cfg, given.split)
+                loss = stages.probed(given.loss, model, split, env)
+            batches = stages.hessian_stage_batches(cfg, split, env, always=True)
+            d = cfg.direction
+            params = hessian_params(perturbed(model, d.over, d.include, d.exclude, d.frozen).tensors)
+            say(f"spectrum of {cfg.model.name} at theta* over {sum(items_in(b) for b in batches)} samples "
                 f"({sum(p.numel() for p in params)} parameters, {env.world_size} rank(s))")
-            spectrum = compute_spectrum(model, params, batches, cfg.hessian, env)
+            spectrum = compute_spectrum(model, params, batches, cfg.hessian, env, loss)
             computed = spectrum
 
             def write() -> None:

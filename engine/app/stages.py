@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,9 +39,11 @@ from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
 from engine.sources.batchnorm import BatchNormRecalibrator
 from engine.sources.checkpoints import load_checkpoint, state_fingerprint
-from engine.sources.data import DataBundle, Split, subsample
-from engine.sources.losses import METRICS, autograd_cross_entropy
+from engine.sources.loss_kinds import make_loss
+from engine.sources.losses import Loss
 from engine.sources.models import build_model
+from engine.sources.splits import AnySplit, DataBundle, DatasetSplit, Split, held, subsample
+from engine.sources.structure import to_device
 from engine.sources.train import train_model
 from engine.store.assemble import assemble
 from engine.store.grid import GridPlan
@@ -51,6 +54,17 @@ from engine.store.tiles import Work, pending_work
 from engine.sweep.runner import choose_batch_size, make_runner
 from engine.sweep.tiles import sweep_tiles
 from engine.sweep.vectorized import PointRunner
+
+
+@dataclass
+class Given:
+    """What a Python caller hands over instead of config sections: a trained model (never trained again), the eval
+    set as given (never re-split), and the loss."""
+
+    model: nn.Module
+    split: AnySplit
+    loss: Loss
+
 
 DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
 
@@ -94,39 +108,71 @@ def preflight(cfg: RunConfig) -> None:
                         "eval.precision=fp32")
 
 
-def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = True) -> nn.Module:
-    """Build the model and give it its weights: the configured checkpoint, or trained ones (rank 0 trains)."""
+def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = True,
+                  loss: Loss | None = None) -> nn.Module:
+    """Build the model and give it its weights: the configured checkpoint, a pretrained folder's (model=hf), or
+    trained ones (rank 0 trains, minimizing the configured loss)."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint)
-    else:
+    elif cfg.model.name != "hf":  # a saved transformers folder holds its weights
         ckpt_dir = run_dir_of(cfg) / "checkpoints"
-        on_main(env, lambda: train_model(model, data, cfg.train, ckpt_dir, env.device, log=log))
+        objective = loss or make_loss(cfg.loss)
+        on_main(env, lambda: train_model(model, data, cfg.train, ckpt_dir, env.device, log=log, loss=objective))
         barrier()
         if not env.is_main:
             load_checkpoint(model, ckpt_dir / "final.pt")
     return model.to(env.device).eval()
 
 
-def eval_split(cfg: RunConfig, data: DataBundle) -> Split:
-    """The samples every grid point is evaluated on: eval.samples of the eval split (seeded)."""
-    return subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
+def eval_split(cfg: RunConfig, data: DataBundle) -> AnySplit:
+    """The samples every grid point is evaluated on: eval.samples of the eval split (seeded), held in memory, or
+    left in its Dataset (read through a DataLoader every pass) when it would take over half of eval.memory_gb."""
+    split = subsample(data.test if cfg.eval.split == "test" else data.train, cfg.eval.samples, cfg.data.seed)
+    if isinstance(split, DatasetSplit) and split.approx_bytes() <= cfg.eval.memory_gb * 2**30 / 2:
+        return split.materialize(256, cfg.eval.workers)
+    return split
 
 
-def uses_channels_last(cfg: RunConfig, split: Split) -> bool:
-    """eval.channels_last, or (left null) whether the inputs are images."""
-    return cfg.eval.channels_last if cfg.eval.channels_last is not None else split.x.dim() == 4
+def given_split(cfg: RunConfig, split: AnySplit) -> AnySplit:
+    """An eval set handed over from Python: all of it in its order (eval.samples subsamples it, seeded), held in
+    memory when it fits half of eval.memory_gb."""
+    split = subsample(split, cfg.eval.samples, cfg.data.seed)
+    if isinstance(split, DatasetSplit) and split.approx_bytes() <= cfg.eval.memory_gb * 2**30 / 2:
+        return split.materialize(256, cfg.eval.workers)
+    return split
 
 
-def to_channels_last(model: nn.Module, split: Split) -> tuple[nn.Module, Split]:
-    """The model and the split in channels_last memory format (faster convolutions; same parameter objects)."""
-    # the ignore: Module.to takes memory_format at runtime, torch's overloads leave it out
-    return (model.to(memory_format=torch.channels_last),  # type: ignore[call-overload]
-            Split(split.x.contiguous(memory_format=torch.channels_last), split.y))
+def loss_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEnv) -> Loss:
+    """The configured loss, its metrics known (a custom loss is called once on the first eval samples for them)."""
+    return probed(make_loss(cfg.loss), model, split, env)
 
 
-def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bool = False) -> HessianBatches:
+def probed(loss: Loss, model: nn.Module, split: AnySplit, env: DistEnv) -> Loss:
+    """The loss after one call on the split's first two samples: its metrics are then known, and a loss that cannot
+    read these batches fails here, in one line, before any store is written."""
+    first = split.batch(0, 2) if isinstance(split, Split) else next(iter(split.batches(2)))
+    loss.probe(model, to_device(first, env.device))
+    return loss
+
+
+def uses_channels_last(cfg: RunConfig, split: AnySplit) -> bool:
+    """eval.channels_last, or (left null) whether the inputs are images held in memory."""
+    if cfg.eval.channels_last is not None:
+        return cfg.eval.channels_last
+    return isinstance(split, Split) and isinstance(split.x, torch.Tensor) and split.x.dim() == 4
+
+
+def to_channels_last(model: nn.Module, split: AnySplit) -> tuple[nn.Module, AnySplit]:
+    """The model and the split's images in channels_last memory format (faster convolutions; same parameters)."""
+    model = model.to(memory_format=torch.channels_last)
+    if isinstance(split, Split) and isinstance(split.x, torch.Tensor) and split.x.dim() == 4:
+        split = Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+    return model, split
+
+
+def hessian_stage_batches(cfg: RunConfig, split: AnySplit, env: DistEnv, always: bool = False) -> HessianBatches:
     """The Hessian's batches when a spectrum, a curvature map or Hessian directions are asked for (or always),
     else none."""
     h = cfg.hessian
@@ -136,10 +182,11 @@ def hessian_stage_batches(cfg: RunConfig, split: Split, env: DistEnv, always: bo
 
 
 def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, plan: GridPlan,
-                     hvp_batches: HessianBatches, env: DistEnv) -> Directions:
+                     hvp_batches: HessianBatches, env: DistEnv, loss: Loss | None = None) -> Directions:
     """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
     def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
-        return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim)
+        return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
+                                  loss or make_loss(cfg.loss))
 
     return make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes)
 
@@ -166,10 +213,11 @@ def trajectory_note(made: Directions, plan: GridPlan) -> str | None:
 
 
 def store_spec(cfg: RunConfig, resolved: dict[str, Any], levels: dict[str, GridPlan], target: PerturbedTensors,
-               made: Directions, fingerprint: str) -> StoreSpec:
-    """What the store is created from (and checked against when it exists): config, grid, directions, weights."""
+               made: Directions, fingerprint: str, metrics: tuple[str, ...]) -> StoreSpec:
+    """What the store is created from (and checked against when it exists): config, grid, directions, weights, and
+    the loss's metrics (curvature maps' added when asked for)."""
     ndim = levels[""].ndim
-    metrics = METRICS + (CURVATURE_METRICS if cfg.hessian.curvature else ())
+    metrics = metrics + (CURVATURE_METRICS if cfg.hessian.curvature else ())
     extra: dict[str, Any] = {"markers": made.markers or {"theta*": [0.0] * ndim}, "axis_labels": made.axis_labels}
     if made.explained is not None:
         extra["explained_variance"] = made.explained
@@ -230,34 +278,40 @@ def tuning_plan(levels: dict[str, GridPlan], store: Path) -> GridPlan | None:
     return levels[""] if pending_work(levels, open_existing(store)) else None
 
 
-def batches_stage(cfg: RunConfig, model: nn.Module, split: Split, env: DistEnv,
-                  tune_on: GridPlan | None) -> tuple[EvalBatches, int]:
-    """The eval batches and their size: eval.batch_size, else the fastest size timed on rank 0."""
+def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEnv, tune_on: GridPlan | None,
+                  loss: Loss) -> tuple[EvalBatches, int]:
+    """The eval batches and their size: eval.batch_size, else the fastest size timed on rank 0 (on up to 4096
+    samples held in memory, 1024 of a streamed set)."""
     e = cfg.eval
+    sample = 4096 if isinstance(split, Split) else 1024
     batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
-        model, subsample(split, 4096), env.device, e.precision))) if tune_on is not None else DEFAULT_BATCH)
-    return eval_batches(split, batch_size, env.device, e.cache, e.memory_gb), batch_size
+        model, held(subsample(split, sample)), env.device, e.precision, loss=loss)))
+        if tune_on is not None else DEFAULT_BATCH)
+    return eval_batches(split, batch_size, env.device, e.cache, e.memory_gb, e.workers), batch_size
 
 
-def recalibrator(cfg: RunConfig, data: DataBundle, model: nn.Module, batch_size: int, env: DistEnv,
-                 channels_last: bool) -> BatchNormRecalibrator | None:
+def recalibrator(cfg: RunConfig, data: DataBundle | None, model: nn.Module, batch_size: int, env: DistEnv,
+                 channels_last: bool, loss: Loss) -> BatchNormRecalibrator | None:
     """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point."""
     if not cfg.eval.recalibrate_bn:
         return None
-    train = subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed)
-    if channels_last:
+    if data is None:
+        raise UserError("eval.recalibrate_bn needs the training data, which a model and eval set handed over from "
+                        "Python do not include; leave it off")
+    train = held(subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed))
+    if channels_last and isinstance(train.x, torch.Tensor) and train.x.dim() == 4:
         train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
-    return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device))
+    return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device), loss)
 
 
 def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, made: Directions, batches: EvalBatches,
                  env: DistEnv, tune_on: GridPlan | None, recalibrate: BatchNormRecalibrator | None,
-                 hvp_batches: HessianBatches) -> PointRunner:
+                 hvp_batches: HessianBatches, loss: Loss) -> PointRunner:
     """The point runner, with the curvature probe attached when curvature maps are asked for."""
     runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
-                         recalibrate, target.logged)
+                         recalibrate, target.logged, loss)
     if cfg.hessian.curvature:
-        runner.curvature = CurvatureProbe(model, hessian_params(target.tensors), hvp_batches, cfg.hessian)
+        runner.curvature = CurvatureProbe(model, hessian_params(target.tensors), hvp_batches, cfg.hessian, loss)
     return runner
 
 
@@ -270,7 +324,7 @@ def sweep_stage(runner: PointRunner, levels: dict[str, GridPlan], store: Path, c
 
 
 def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianBatches, cfg: RunConfig,
-                   resolved: dict[str, Any], env: DistEnv, store: Path, say: Say) -> None:
+                   resolved: dict[str, Any], env: DistEnv, store: Path, say: Say, loss: Loss | None = None) -> None:
     """Spectra at theta* into the store's hessian/ group (all ranks compute, rank 0 writes); skipped when the
     store already holds a spectrum computed with the same hessian settings."""
     h, settings = cfg.hessian, resolved["hessian"]
@@ -278,22 +332,24 @@ def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianB
         say("spectrum: already in the store with these hessian settings")
         return
     say(f"spectrum at theta*: top {h.top_k} eigenpairs, traces, SLQ density ({env.world_size} rank(s))")
-    spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env)
+    spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env, loss or make_loss(cfg.loss))
     on_main(env, lambda: write_spectrum(store, spectrum, settings))
     barrier()
 
 
-def sharpness_stage(model: nn.Module, split: Split, cfg: RunConfig, env: DistEnv, store: Path) -> None:
+def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss) -> None:
     """Keskar et al.'s epsilon-sharpness at theta* into the store's attributes (summary.json reads it there)."""
     s = cfg.summary
-    batches = device_batches(subsample(split, s.sharpness_samples, cfg.data.seed), 256, env.device)
-    count = sum(len(y) for _, y in batches)
+    samples = held(subsample(split, s.sharpness_samples, cfg.data.seed))
+    batches = device_batches(samples, 256, env.device)
+    count = len(samples)
     old = get_attribute(store, "epsilon_sharpness") or {}
     if (old.get("epsilon"), old.get("steps"), old.get("samples")) == (s.epsilon, s.epsilon_steps, count):
         return  # already in the store (a resumed or repeated run)
 
-    def mean_loss() -> torch.Tensor:  # a Tensor, not sum()'s start 0: the batches are not empty
-        return cast(torch.Tensor, sum(autograd_cross_entropy(model(x).float(), y) for x, y in batches) / count)
+    def mean_loss() -> torch.Tensor:  # the loss summed over every batch, over the items (tokens, samples) summed
+        parts = [loss.autograd(model, batch) for batch in batches]
+        return cast(torch.Tensor, sum(p[0] for p in parts) / sum(p[1] for p in parts))
 
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     model.eval()

@@ -237,6 +237,15 @@ def check_overrides(overrides: list[str], multirun: bool = False, config_name: s
                 to_run_config(job)
 
 
+OPEN_DICTS = ("model.kwargs.", "data.kwargs.", "loss.kwargs.")  # free-form arguments of a model, data set, loss
+
+
+def open_dict_keys(argv: list[str]) -> list[str]:
+    """The command line with `model.kwargs.K=V` (data.kwargs, loss.kwargs) as `++model.kwargs.K=V`: a key of these
+    free-form dicts is set whether or not the yaml already has it (Hydra alone would ask for a `+`)."""
+    return [f"++{a}" if a.startswith(OPEN_DICTS) and "=" in a else a for a in argv]
+
+
 def check_command_line(argv: list[str]) -> None:
     """Check the overrides of a `landscape`-style command line before hydra.main sees it. Commands that run no
     job (--help, --cfg, --info, ...) or that take their config from elsewhere (-cp, -cd) are left to Hydra; the
@@ -255,7 +264,7 @@ def check_command_line(argv: list[str]) -> None:
             or args.config_dir or args.experimental_rerun):
         return
     multirun = args.multirun or (not args.run and "hydra.mode=MULTIRUN" in args.overrides)
-    check_overrides(list(args.overrides), multirun=multirun, config_name=args.config_name or "config")
+    check_overrides(open_dict_keys(list(args.overrides)), multirun=multirun, config_name=args.config_name or "config")
 
 
 def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:

@@ -13,9 +13,8 @@ from torch import nn
 
 from engine.core.errors import UserError
 from engine.core.onednn import safe_autograd
-from engine.sources.losses import Batches, autograd_cross_entropy
+from engine.sources.losses import CROSS_ENTROPY, Batches, Loss
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AllReduce = Callable[[torch.Tensor], None]
 
 _BREAKDOWN = 1e-10  # Lanczos stops when beta < _BREAKDOWN * max(1, |alpha|): the Krylov space is invariant
@@ -34,9 +33,9 @@ class LinearOperator(Protocol):
 class HessianOperator:
     """The exact Hessian of the mean eval loss w.r.t. `params`, applied by double backward, batch by batch.
 
-    `loss_fn` returns the loss summed over a batch; each product is divided by the total sample count. `all_reduce`
-    (in-place sum across ranks) is applied to the summed product and the count before the division, for data
-    parallelism; each rank then passes its own shard of the batches.
+    `loss.autograd` gives the loss summed over a batch and its item count; each product is divided by the total
+    count. `all_reduce` (in-place sum across ranks) is applied to the summed product and the count before the
+    division, for data parallelism; each rank then passes its own shard of the batches.
     """
 
     def __init__(
@@ -44,7 +43,7 @@ class HessianOperator:
         model: nn.Module,
         params: list[torch.Tensor],
         batches: Batches,
-        loss_fn: LossFn = autograd_cross_entropy,
+        loss: Loss = CROSS_ENTROPY,
         all_reduce: AllReduce | None = None,
         keep_graph: bool = False,
     ) -> None:
@@ -58,7 +57,7 @@ class HessianOperator:
         self.model = model
         self.params = params
         self.batches = batches
-        self.loss_fn = loss_fn
+        self.loss = loss
         self.all_reduce = all_reduce
         self.numels = [p.numel() for p in params]
         self.size = sum(self.numels)
@@ -66,7 +65,7 @@ class HessianOperator:
         self.device = params[0].device
         self.calls = 0
         self.keep_graph = keep_graph  # keep each batch's gradient graph between products (rebuilt on a change)
-        self._graphs: list[tuple[tuple[torch.Tensor, ...], int]] = []
+        self._graphs: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | int]] = []
         self._key: tuple | None = None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -76,7 +75,7 @@ class HessianOperator:
         v = v.to(self.device, self.dtype)
         pieces = [u.view_as(p) for u, p in zip(v.split(self.numels), self.params)]
         total = torch.zeros(self.size, dtype=self.dtype, device=self.device)
-        count = 0
+        count: torch.Tensor | int = 0
         with torch.enable_grad(), safe_autograd(self.params):
             for grads, n in self._gradients():
                 dot = sum((g * u).sum() for g, u in zip(grads, pieces))
@@ -94,7 +93,7 @@ class HessianOperator:
         return total / samples.to(self.dtype)
 
 
-    def _gradients(self) -> Iterator[tuple[tuple[torch.Tensor, ...], int]]:
+    def _gradients(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor | int]]:
         """Each batch's loss gradient with its graph, and the batch's size, in eval mode.
 
         With keep_graph the graphs are kept, and rebuilt only when a parameter's version counter moved: an
@@ -109,12 +108,12 @@ class HessianOperator:
         self.model.eval()
         try:
             with torch.enable_grad(), safe_autograd(self.params):
-                for x, y in self.batches:
-                    loss = self.loss_fn(self.model(x), y)
+                for batch in self.batches:
+                    loss, n = self.loss.autograd(self.model, batch)
                     grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
                     if self.keep_graph:
-                        self._graphs.append((grads, len(y)))
-                    yield grads, len(y)
+                        self._graphs.append((grads, n))
+                    yield grads, n
         finally:
             self.model.train(was_training)
         if self.keep_graph:

@@ -37,12 +37,14 @@ from engine.curvature.hessian import (
     top_eigenpairs_and_min,
 )
 from engine.sources.batches import device_batches
-from engine.sources.data import Split, subsample
+from engine.sources.losses import CROSS_ENTROPY, Loss
+from engine.sources.splits import AnySplit, held, subsample
+from engine.sources.structure import Batch
 
 log = logging.getLogger(__name__)
 
 CURVATURE_METRICS = ("hessian/lambda_max", "hessian/lambda_min", "hessian/ratio")
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
+Batches = list[Batch]
 
 
 def hessian_params(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -53,25 +55,31 @@ def hessian_params(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return params
 
 
-def hessian_batches(split: Split, cfg: HessianConfig, seed: int, device: torch.device) -> Batches:
+def hessian_batches(split: AnySplit, cfg: HessianConfig, seed: int, device: torch.device) -> Batches:
     """The samples the Hessian is taken over (hessian.samples of the eval split), batched on the device."""
-    return device_batches(subsample(split, cfg.samples, seed), cfg.batch_size, device)
+    return device_batches(held(subsample(split, cfg.samples, seed)), cfg.batch_size, device)
 
 
 def operator(model: nn.Module, params: list[torch.Tensor], batches: Batches, env: DistEnv,
-             keep_graph: bool = True) -> HessianOperator:
+             keep_graph: bool = True, loss: Loss = CROSS_ENTROPY) -> HessianOperator:
     """The Hessian of the mean loss over all batches; on N ranks each takes every N-th batch, products all-reduced."""
     if env.world_size == 1 or not dist.is_initialized():
-        return HessianOperator(model, params, batches, keep_graph=keep_graph)
-    return HessianOperator(model, params, batches[env.rank :: env.world_size], all_reduce=dist.all_reduce,
+        return HessianOperator(model, params, batches, loss, keep_graph=keep_graph)
+    return HessianOperator(model, params, batches[env.rank :: env.world_size], loss, all_reduce=sum_over_ranks,
                            keep_graph=keep_graph)
+
+
+def sum_over_ranks(t: torch.Tensor) -> None:
+    """Sum t in place over every rank."""
+    dist.all_reduce(t)
 
 
 class CurvatureProbe:
     """lambda_max, lambda_min and |lambda_min / lambda_max| of the Hessian at the model's current weights."""
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor], batches: Batches, cfg: HessianConfig) -> None:
-        self.op = HessianOperator(model, params, batches, keep_graph=cfg.keep_graph)
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], batches: Batches, cfg: HessianConfig,
+                 loss: Loss = CROSS_ENTROPY) -> None:
+        self.op = HessianOperator(model, params, batches, loss, keep_graph=cfg.keep_graph)
         self.steps, self.seed, self.rtol = cfg.curvature_steps, cfg.seed, cfg.rtol
 
     def __call__(self) -> dict[str, float]:
@@ -111,10 +119,10 @@ class Spectrum:
 
 
 def compute_spectrum(model: nn.Module, params: list[torch.Tensor], batches: Batches, cfg: HessianConfig,
-                     env: DistEnv) -> Spectrum:
+                     env: DistEnv, loss: Loss = CROSS_ENTROPY) -> Spectrum:
     """Every spectrum of the Hessian at the model's current weights (data-parallel over the ranks)."""
     start = time.perf_counter()
-    op = operator(model, params, batches, env, cfg.keep_graph)
+    op = operator(model, params, batches, env, cfg.keep_graph, loss)
     k, steps = min(cfg.top_k, op.size), min(cfg.steps, op.size)
     values, vectors, lambda_min = top_eigenpairs_and_min(op, k, steps=steps, seed=cfg.seed, rtol=cfg.rtol)
     trace, stderr = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed)
@@ -130,10 +138,10 @@ def compute_spectrum(model: nn.Module, params: list[torch.Tensor], batches: Batc
 
 
 def hessian_directions(model: nn.Module, tensors: list[torch.Tensor], batches: Batches, cfg: HessianConfig,
-                       env: DistEnv, ndim: int) -> list[list[torch.Tensor]]:
+                       env: DistEnv, ndim: int, loss: Loss = CROSS_ENTROPY) -> list[list[torch.Tensor]]:
     """The top `ndim` Hessian eigenvectors at theta* as directions over the perturbed tensors (zero on buffers)."""
     params = hessian_params(tensors)
-    op = operator(model, params, batches, env, cfg.keep_graph)
+    op = operator(model, params, batches, env, cfg.keep_graph, loss)
     _, vectors, _ = top_eigenpairs_and_min(op, ndim, steps=min(max(cfg.steps, ndim), op.size), seed=cfg.seed,
                                            rtol=cfg.rtol)
     out = []

@@ -43,4 +43,4 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
         raw = hessian_axes(ndim)
     else:
         raw = load_directions(cast(str, d.path), target.names, theta, ndim)  # set: DirectionConfig checks it
-    return Directions([normalize(r, coordinates, d.norm, d.ignore, logged) for r in raw])
+    return Directions([normalize(r, coordinates, d.norm, d.ignore, logged, target.rows) for r in raw])

@@ -10,6 +10,8 @@ positive at every coordinate. Directions hold such a tensor's log-space entries 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +24,38 @@ from engine.sources.batchnorm import batchnorm_layers
 EPS = 1e-10
 
 
-def perturbed_tensors(model: nn.Module, over: str) -> list[tuple[str, torch.Tensor]]:
-    """The named live tensors a direction covers: parameters, plus float buffers (BN statistics) for 'states'."""
-    named: list[tuple[str, torch.Tensor]] = list(model.named_parameters())
+def perturbed_tensors(model: nn.Module, over: str, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                      frozen: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """The named live tensors a direction covers: parameters (trainable ones unless frozen; a tied tensor once,
+    under its first name), plus float buffers (BN statistics) for 'states'; then only the names matching an include
+    regex (when there are any) and none of the exclude regexes."""
+    named: list[tuple[str, torch.Tensor]] = [(n, p) for n, p in model.named_parameters()
+                                             if frozen or p.requires_grad]
     if over == "states":
         named += [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
-    return named
+    return scoped(named, include, exclude)
+
+
+def scoped(named: list[tuple[str, torch.Tensor]], include: Sequence[str],
+           exclude: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
+    """The named tensors that match an include pattern (all when none is given) and no exclude pattern; a pattern
+    that matches no tensor, or one that is not a regex, is refused in one line."""
+    names = [n for n, _ in named]
+    for key, patterns in (("direction.include", include), ("direction.exclude", exclude)):
+        for pattern in patterns:
+            try:
+                hits = [n for n in names if re.search(pattern, n)]
+            except re.error as err:
+                raise UserError(f"{key}: {pattern!r} is not a regular expression ({err})") from None
+            if not hits:
+                raise UserError(f"{key}: {pattern!r} matches no parameter; the names look like "
+                                f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
+    kept = [(n, t) for n, t in named if (not include or any(re.search(p, n) for p in include))
+            and not any(re.search(p, n) for p in exclude)]
+    if not kept:
+        raise UserError(f"direction.include={list(include)} and direction.exclude={list(exclude)} leave no tensor to "
+                        "move; loosen them")
+    return kept
 
 
 @dataclass
@@ -38,18 +66,30 @@ class PerturbedTensors:
     tensors: list[torch.Tensor]  # live: the sweep moves these in place
     logged: list[bool]
     theta: list[torch.Tensor]  # theta*, detached when taken (before any change of the model's memory format)
+    rows: list[int] | None = None  # per tensor, the dim whose slices are its filters / output rows (None: all 0)
 
     def coordinates(self) -> list[torch.Tensor]:
         """theta* as directions see it (the log of the log-space tensors)."""
         return to_coordinates(self.theta, self.logged)
 
 
-def perturbed(model: nn.Module, over: str) -> PerturbedTensors:
-    """What direction.over covers in model ('weights' or 'states'), with the log-space mask."""
-    named = perturbed_tensors(model, over)
+def perturbed(model: nn.Module, over: str, include: Sequence[str] = (), exclude: Sequence[str] = (),
+              frozen: bool = False) -> PerturbedTensors:
+    """What direction.over covers in model ('weights' or 'states'), scoped by the include / exclude patterns, with
+    the log-space mask."""
+    named = perturbed_tensors(model, over, include, exclude, frozen)
     names = [n for n, _ in named]
     tensors = [t for _, t in named]
-    return PerturbedTensors(names, tensors, log_space(model, names), [t.detach() for t in tensors])
+    return PerturbedTensors(names, tensors, log_space(model, names), [t.detach() for t in tensors],
+                            output_rows(model, names))
+
+
+def output_rows(model: nn.Module, names: list[str]) -> list[int]:
+    """Per named tensor, the dim that indexes its outputs (filters, rows): 0, except for the [in, out] weight of
+    transformers' Conv1D (GPT-2's linear layers), whose outputs are its columns."""
+    transposed = {f"{prefix}.weight" if prefix else "weight" for prefix, m in model.named_modules()
+                  if type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers")}
+    return [1 if n in transposed else 0 for n in names]
 
 
 def log_space(model: nn.Module, names: list[str]) -> list[bool]:
@@ -66,7 +106,7 @@ def to_coordinates(tensors: list[torch.Tensor], logged: list[bool]) -> list[torc
 
 
 def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: str, ignore: str,
-              logged: list[bool] | None = None) -> list[torch.Tensor]:
+              logged: list[bool] | None = None, rows: list[int] | None = None) -> list[torch.Tensor]:
     """Rescale a raw direction against theta* by 'filter', 'layer' or 'none'; rank-1 tensors per `ignore`.
 
     A log-space tensor (logged) is scaled to unit root-mean-square under 'filter' and 'layer': at coordinate 1 each
@@ -81,9 +121,11 @@ def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: st
         elif norm == "none":
             out.append(d.clone())
         elif norm == "filter" and d.dim() >= 2:
-            d_rows, w_rows = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
+            dim = rows[i] if rows is not None else 0  # the outputs' dim: each of its slices is one filter / row
+            d_t, w_t = d.movedim(dim, 0), w.movedim(dim, 0)
+            d_rows, w_rows = d_t.reshape(d_t.shape[0], -1), w_t.reshape(w_t.shape[0], -1)
             scale = w_rows.norm(dim=1) / (d_rows.norm(dim=1) + EPS)
-            out.append((d_rows * scale[:, None]).reshape(d.shape))
+            out.append((d_rows * scale[:, None]).reshape(d_t.shape).movedim(0, dim))
         else:
             out.append(d * (w.norm() / (d.norm() + EPS)))
     return out

@@ -9,7 +9,6 @@ from engine.config.schema import PlotConfig
 from engine.curvature.spectra import CURVATURE_METRICS
 from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
 from engine.figures.surfaces import draw_surfaces
-from engine.sources.losses import METRICS
 from engine.store.grid import PREVIEW
 from engine.store.read import Surface, read_array, read_surface
 from engine.store.spectra import read_spectrum
@@ -43,7 +42,8 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     formats = list(plot.formats)
     labels = surface.attrs.get("axis_labels", ["d1", "d2"])
     trajectory = read_array(store_path, "trajectory/coords") if len(surface.coords) == 2 else None
-    paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if k in METRICS}, out_dir, title=title,
+    paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if not k.startswith("hessian/")}, out_dir,
+                          title=title,
                           axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
                           markers=markers, path=trajectory)
     if all(k in m for k in CURVATURE_METRICS):

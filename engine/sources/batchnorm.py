@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.sources.losses import CROSS_ENTROPY, Loss
+from engine.sources.structure import Batch
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -27,8 +30,8 @@ def batchnorm_buffers(model: nn.Module) -> list[torch.Tensor]:
 class BatchNormRecalibrator:
     """Recompute every BN layer's running statistics as the plain average over the given training batches."""
 
-    def __init__(self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.model, self.batches = model, batches
+    def __init__(self, model: nn.Module, batches: list[Batch], loss: Loss = CROSS_ENTROPY) -> None:
+        self.model, self.batches, self.loss = model, batches, loss
         self.layers = batchnorm_layers(model)
 
     @torch.no_grad()
@@ -40,8 +43,8 @@ class BatchNormRecalibrator:
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average over the batches
             self.model.train()
-            for x, _ in self.batches:
-                self.model(x)
+            for batch in self.batches:
+                self.loss.forward(self.model, batch)
         finally:
             for m, momentum in zip(self.layers, momenta):
                 m.momentum = momentum

@@ -1,23 +1,30 @@
-"""Losses and metrics: mean cross-entropy loss and accuracy of a model over the eval batches, no host sync per
-batch (sums stay on the device and are read once per point), optional autocast on CUDA."""
+"""Losses and metrics: what a grid point's value is. A loss takes the model and one batch (any structure) and gives
+summed values (the loss, its metrics, the count of items they sum over); means are taken once over all batches, so
+there is no host sync per batch. Built in: cross_entropy (accuracy), mse, causal_lm (perplexity, token accuracy),
+and custom (a function of the config's choosing); engine/sources/loss_kinds.py holds the last three and make_loss.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from engine.core.errors import UserError
+from engine.sources.structure import Batch
 
-METRICS = ("loss", "accuracy")
+METRICS = ("loss", "accuracy")  # cross_entropy's: the default loss
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Batches = Iterable[Batch]
+Model = Callable[..., Any]  # an nn.Module, or a functional call of one (the vmap path)
+Sums = dict[str, torch.Tensor]  # summed metrics and "count", on the device
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _TRANSPOSED_FROM = 256  # batch size from which summed_cross_entropy reduces over a transposed copy
+LABEL_KEYS = ("labels", "label", "targets", "target", "y")  # where a dict batch keeps its targets
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -52,20 +59,160 @@ def autograd_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def evaluate(model: nn.Module, batches: Batches, precision: str = "fp32") -> dict[str, float]:
-    """Mean loss and accuracy (a fraction in [0, 1]) of model over all batches; one host sync at the end."""
-    loss_sum: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    count = 0
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 when it is in a narrower float type (bf16, fp16 autocast outputs); float64 stays float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def output_tensor(out: Any, what: str = "the model") -> torch.Tensor:
+    """The prediction in a model's output: the tensor itself, `.logits` (transformers), or the first entry."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, Mapping):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    if not isinstance(logits, torch.Tensor):
+        raise UserError(f"{what} returned a {type(out).__name__} with no tensor or .logits in it; return the "
+                        "predictions, or use loss=custom to read them yourself")
+    return logits
+
+
+def inputs_and_target(batch: Batch, loss: str) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """(positional inputs, keyword inputs, target) of a batch: (x, y) / [x, y] pairs, or a dict whose label key
+    (labels, label, targets, ...) is the target and whose other entries are the model's keyword arguments."""
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return (batch[0],), {}, batch[1]
+    if isinstance(batch, Mapping):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is not None:
+            return (), {k: v for k, v in batch.items() if k != key}, batch[key]
+    raise UserError(f"loss={loss} cannot unpack a batch of {describe(batch)}: it needs (inputs, targets) pairs or "
+                    f"dicts with one of the keys {', '.join(LABEL_KEYS)}; use loss=custom for other batches")
+
+
+def describe(batch: Batch) -> str:
+    """A short description of a batch's structure for error messages."""
+    if isinstance(batch, Mapping):
+        return f"dict with keys {', '.join(map(str, batch))}"
+    if isinstance(batch, tuple | list):
+        return f"{type(batch).__name__} of {len(batch)}"
+    return type(batch).__name__
+
+
+class Loss:
+    """A loss and its metrics over batches. `forward` calls the model on a batch; `sums` turns the output into summed
+    metrics and the item count; `means` divides once at the end; `autograd` is the differentiable summed loss."""
+
+    name = "loss"
+    metrics: tuple[str, ...] = ("loss",)
+
+    def forward(self, model: Model, batch: Batch) -> Any:
+        """The model's output on one batch (what sums reads)."""
+        args, kwargs, _ = inputs_and_target(batch, self.name)
+        return model(*args, **kwargs)
+
+    def sums(self, out: Any, batch: Batch) -> Sums:
+        """{"loss": summed loss (float64), other summed metrics, "count": items summed over}."""
+        raise NotImplementedError
+
+    def stacked_sums(self, out: Any, batch: Batch, k: int) -> Sums:
+        """sums for K stacked points ([K, ...] output of the vmap path), each entry of shape [K]."""
+        return torch.vmap(lambda o: self.sums(o, batch))(out)
+
+    def means(self, sums: Mapping[str, Any]) -> dict[str, Any]:
+        """The reported metrics from the summed ones: every sum over the count."""
+        count = sums["count"]
+        return {m: sums[m] / count for m in self.metrics}
+
+    def autograd(self, model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """(summed loss that gradients and Hessian-vector products differentiate, item count)."""
+        out = self.sums(self.forward(model, batch), batch)
+        return out["loss"].to(torch.float32), out["count"]
+
+    def train_loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        """The mean loss over a batch that a training step minimizes."""
+        total, count = self.autograd(model, batch)
+        return total / count
+
+    def probe(self, model: Model, batch: Batch) -> tuple[str, ...]:
+        """The metrics this loss reports on this model and batch, after checking it can read them (one call)."""
+        with torch.inference_mode():
+            self.sums(self.forward(model, batch), batch)
+        return self.metrics
+
+    def config(self) -> dict[str, Any]:
+        """What identifies the loss in a store."""
+        return {"name": self.name}
+
+
+class CrossEntropy(Loss):
+    """Mean cross-entropy of [N, C] logits against integer labels, with accuracy (first maximum, as argmax)."""
+
+    name = "cross_entropy"
+    metrics = METRICS
+
+    def sums(self, out: Any, batch: Batch) -> Sums:
+        """Summed float64 loss (no cancellation, see summed_cross_entropy) and correct predictions."""
+        logits, y = output_tensor(out), self.target(batch)
+        return {"loss": summed_cross_entropy(logits, y), "accuracy": (logits.max(1).indices == y).sum(),
+                "count": torch.tensor(len(y))}
+
+    def target(self, batch: Batch) -> torch.Tensor:
+        """The integer labels of a batch."""
+        return inputs_and_target(batch, self.name)[2]
+
+    def stacked_sums(self, out: Any, batch: Batch, k: int) -> Sums:
+        """K points at once: one cross-entropy over the [K * N, C] logits, summed per point in float64."""
+        logits, y = output_tensor(out), self.target(batch)
+        per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
+        return {"loss": per.view(k, -1).sum(1, dtype=torch.float64), "accuracy": (logits.argmax(-1) == y).sum(1),
+                "count": torch.full((k,), len(y))}
+
+    def autograd(self, model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """One fused float32 cross-entropy kernel over the batch (see autograd_cross_entropy)."""
+        y = self.target(batch)
+        return autograd_cross_entropy(wide(output_tensor(self.forward(model, batch))), y), len(y)
+
+    def train_loss(self, model: Model, batch: Batch) -> torch.Tensor:
+        """torch's mean cross-entropy (the engine's training has always minimized exactly this)."""
+        return F.cross_entropy(output_tensor(self.forward(model, batch)), self.target(batch))
+
+
+CROSS_ENTROPY = CrossEntropy()
+
+
+def evaluate(model: Model, batches: Batches, precision: str = "fp32", loss: Loss = CROSS_ENTROPY) -> dict[str, float]:
+    """The loss's mean metrics of model over all batches; one host sync at the end."""
+    total: Sums = {}
     with torch.inference_mode():
-        for x, y in batches:
-            with autocast(x.device, precision):
-                logits = model(x)
-            batch_loss = summed_cross_entropy(logits, y)
-            batch_correct = (logits.max(1).indices == y).sum()  # the first maximum, as argmax; faster on CPUs
-            loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
-            correct = batch_correct if correct is None else correct + batch_correct
-            count += len(y)
-    if loss_sum is None or correct is None:
+        for batch in batches:
+            with autocast(first_device(batch), precision):
+                out = loss.forward(model, batch)
+            for key, value in loss.sums(out, batch).items():
+                total[key] = value if key not in total else total[key] + value
+    if not total:
         raise UserError("the eval split is empty; check eval.samples and data")
-    return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+    summed = {key: value.item() for key, value in total.items()}
+    check_count(summed["count"], loss.name)
+    return {k: float(v) for k, v in loss.means(summed).items()}
+
+
+def check_count(count: float, name: str) -> None:
+    """Refuse a non-positive or non-finite item count (a custom loss's, or an empty split)."""
+    if not count > 0 or count != count or count == float("inf"):
+        raise UserError(f"loss={name} summed over {count} items; the count must be a finite number > 0 (a custom "
+                        "loss returns (summed loss, number of items[, metrics]))")
+
+
+def first_device(batch: Batch) -> torch.device:
+    """The device of a batch's first tensor (the CPU for a batch without tensors)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.device
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, tuple | list) else []
+    for v in values:
+        device = first_device(v)
+        if device.type != "cpu":
+            return device
+    return torch.device("cpu")

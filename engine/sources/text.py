@@ -12,7 +12,7 @@ import torch
 
 from engine.config.schema import DataConfig
 from engine.core.errors import UserError
-from engine.sources.data import DataBundle, Split, seeded_split
+from engine.sources.splits import DataBundle, Split, seeded_split
 
 INSTALL = "pip install 'landscape-engine[hf]'"
 SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")

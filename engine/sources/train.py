@@ -6,19 +6,20 @@ import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.config.schema import TrainConfig
 from engine.core.errors import UserError
 from engine.sources.batches import device_batches
 from engine.sources.checkpoints import load_checkpoint
-from engine.sources.data import DataBundle
-from engine.sources.losses import evaluate
+from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
+from engine.sources.splits import DataBundle, held
+from engine.sources.structure import take, to_device
 
 
 def train_model(
-    model: nn.Module, data: DataBundle, cfg: TrainConfig, ckpt_dir: Path, device: torch.device, log: bool = True
+    model: nn.Module, data: DataBundle, cfg: TrainConfig, ckpt_dir: Path, device: torch.device, log: bool = True,
+    loss: Loss = CROSS_ENTROPY,
 ) -> Path:
     """Train model in place and save ckpt_dir/epoch_NNN.pt each epoch and final.pt; reuse a finished run.
 
@@ -42,26 +43,26 @@ def train_model(
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    x_all, y_all = data.train.x.to(device), data.train.y.to(device)
-    test_batches = device_batches(data.test, 512, device)
+    train = held(data.train)
+    everything = to_device(train.batch(0, len(train)), device)
+    test_batches = device_batches(held(data.test), 512, device)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        perm = torch.randperm(len(y_all), generator=gen).to(device)
+        perm = torch.randperm(len(train), generator=gen).to(device)
         for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            step_loss = loss.train_loss(model, take(everything, perm[i : i + cfg.batch_size]))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss.backward()
             opt.step()
         sched.step()
         model.eval()
-        metrics = evaluate(model, test_batches)
+        metrics = evaluate(model, test_batches, loss=loss)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob = {"state_dict": state, "epoch": epoch, "train_config": wanted}
         blob.update({f"test_{k}": v for k, v in metrics.items()})
         torch.save(blob, ckpt_dir / f"epoch_{epoch:03d}.pt")
         if log:
-            print(f"epoch {epoch}/{cfg.epochs}: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}")
+            print(f"epoch {epoch}/{cfg.epochs}: test {', '.join(f'{k} {v:.4f}' for k, v in metrics.items())}")
     tmp = final.with_suffix(".tmp")
     torch.save(blob, tmp)
     tmp.replace(final)

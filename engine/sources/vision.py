@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.config.schema import DataConfig, ModelConfig
 from engine.core.errors import UserError
-from engine.sources.data import AnySplit, DataBundle, DatasetSplit, Split, float_inputs, seeded_split
+from engine.sources.splits import AnySplit, DataBundle, DatasetSplit, Split, float_inputs, seeded_split
 
 # name: (label in messages, torchvision's folder under data.root, classes, channel means, channel deviations)
 CIFAR = {
@@ -65,7 +65,7 @@ def load_vision_data(cfg: DataConfig) -> DataBundle:
 def _torchvision(who: str) -> Any:
     """The torchvision module, or a UserError naming the extra that installs it."""
     try:
-        import torchvision  # type: ignore[import-untyped]
+        import torchvision
     except ImportError as err:
         raise UserError(f"{who} needs torchvision: pip install 'landscape-engine[vision]' ({err})") from None
     return torchvision

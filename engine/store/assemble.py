@@ -1,7 +1,7 @@
 """Assembler: reads the stitched surfaces, lists missing tiles and derives the numbers of summary.json.
 
-Numbers: loss and accuracy at the center (the point nearest the origin, theta*), the minimum and where it
-is, the basin width along each axis through the center at loss <= center + rise, and convexity
+Numbers: the loss and its metrics (accuracy, ...) at the center (the point nearest the origin, theta*), the
+minimum and where it is, the basin width along each axis through the center at loss <= center + rise, and convexity
 figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane); with
 a Hessian curvature map or spectrum in the store, their numbers too.
 """
@@ -20,7 +20,8 @@ from engine.store.read import Surface, read_surface
 
 def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float = 0.25) -> dict[str, Any]:
     """Derive the summary numbers of a (possibly partial) surface; NaN marks points not computed."""
-    loss, acc, coords = surface.metrics["loss"], surface.metrics["accuracy"], surface.coords
+    loss, coords = surface.metrics["loss"], surface.coords
+    plain = [m for m in surface.metrics if not m.startswith("hessian/")]  # the loss's own metrics, loss first
     missing = [list(map(int, t)) for t in np.argwhere(~surface.done)]
     center = tuple(int(np.argmin(np.abs(c))) for c in coords)
     finite = np.isfinite(loss)
@@ -30,12 +31,13 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
         "points_computed": int((~np.isnan(loss)).sum()),
         "points_total": int(loss.size),
         "nonfinite_points": int((~finite & ~np.isnan(loss)).sum()),
-        "center": {"coords": _coords(coords, center), "loss": _num(loss[center]), "accuracy": _num(acc[center])},
+        "center": {"coords": _coords(coords, center), **{m: _num(surface.metrics[m][center]) for m in plain}},
     }
     if finite.any():
         imin = np.unravel_index(np.nanargmin(np.where(finite, loss, np.nan)), loss.shape)
-        out["minimum"] = {"coords": _coords(coords, imin), "loss": _num(loss[imin]), "accuracy": _num(acc[imin])}
-        out["max_accuracy"] = _num(np.nanmax(np.where(finite, acc, np.nan)))
+        out["minimum"] = {"coords": _coords(coords, imin), **{m: _num(surface.metrics[m][imin]) for m in plain}}
+        if "accuracy" in surface.metrics:
+            out["max_accuracy"] = _num(np.nanmax(np.where(finite, surface.metrics["accuracy"], np.nan)))
     out["basin"] = {
         "rise": basin_rise,
         "threshold": _num(loss[center] + basin_rise),

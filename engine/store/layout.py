@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import zarr
 
-from engine import __version__
 from engine.config.schema import config_diff, config_hash
 from engine.core.errors import UserError
 from engine.core.flat import flatten
+from engine.core.version import VERSION
 from engine.sources.losses import METRICS
 from engine.store.grid import GridPlan
 
@@ -119,7 +119,7 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
         "creating": False,
         "config": spec.config,
         "config_hash": config_hash(spec.config),
-        "engine_version": __version__,
+        "engine_version": VERSION,
         "fingerprint": spec.fingerprint,
         "dims": list(plan.dims),
         "tile": list(plan.tile),

@@ -15,8 +15,8 @@ from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, broadcast_value, on_main
 from engine.sources.batches import EvalBatches, device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
-from engine.sources.data import Split
-from engine.sources.losses import evaluate
+from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
+from engine.sources.splits import Split
 from engine.store.grid import GridPlan
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
@@ -29,7 +29,7 @@ def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
     directions: list[list[torch.Tensor]], batches: EvalBatches, env: DistEnv, tune_on: GridPlan | None,
     end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
-    logged: list[bool] | None = None,
+    logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY,
 ) -> PointRunner:
     """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
 
@@ -45,6 +45,9 @@ def make_runner(
     fast: nn.Module | None = None
     if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
         fast = cast(nn.Module, torch.compile(model))  # an OptimizedModule; torch's stubs say Callable
+    elif on and not tensor_pairs(batches):
+        log.warning("graph rewrites unavailable: the eval batches are not (input tensor, target) pairs; evaluating "
+                    "the model as it is")
     elif on:
         fast = rewrite(
             model, names, perturber.theta, directions, batches[0][0][:8], fold_batchnorm="fold_batchnorm" in on,
@@ -54,10 +57,10 @@ def make_runner(
         if fast is not None:
             fast.register([x for x, _ in batches])
     evaluator = None if e.points_per_pass == 1 or in_place_only else make_evaluator(
-        model, names, theta, directions, batches, e.precision, logged)
-    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast)
+        model, names, theta, directions, batches, e.precision, logged, loss)
+    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast, loss=loss)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
-        k_max = points_per_pass(model, theta, batches, e.memory_gb)
+        k_max = points_per_pass(model, theta, batches, e.memory_gb, loss=loss)
         grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
         with perturber.active():
             picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max))
@@ -66,20 +69,27 @@ def make_runner(
     return runner
 
 
+def tensor_pairs(batches: EvalBatches) -> bool:
+    """Whether the batches are (input tensor, target) pairs, the form the graph rewrites trace."""
+    first = batches[0]
+    return isinstance(first, tuple | list) and len(first) == 2 and isinstance(first[0], torch.Tensor)
+
+
 def choose_batch_size(
-    model: torch.nn.Module, split: Split, device: torch.device, precision: str = "fp32", smallest: int = 32
+    model: torch.nn.Module, split: Split, device: torch.device, precision: str = "fp32", smallest: int = 32,
+    loss: Loss = CROSS_ENTROPY,
 ) -> int:
     """The eval batch size with the least time per pass over the split: 32, 64, ... up to the whole split.
 
     Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best.
     """
-    sizes = [b for b in (smallest << i for i in range(12)) if b < len(split.y)] + [len(split.y)]
+    sizes = [b for b in (smallest << i for i in range(12)) if b < len(split)] + [len(split)]
     best_b, best_t = sizes[0], float("inf")
     for b in sizes:
         batches = device_batches(split, b, device)
-        evaluate(model, batches, precision)
+        evaluate(model, batches, precision, loss)
         start = time.perf_counter()
-        evaluate(model, batches, precision)
+        evaluate(model, batches, precision, loss)
         seconds = time.perf_counter() - start
         if seconds < best_t:
             best_b, best_t = b, seconds

@@ -10,38 +10,43 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from engine.sources.batches import EvalBatches
-from engine.sources.losses import autocast, evaluate
+from engine.sources.losses import CROSS_ENTROPY, Loss, autocast, evaluate, first_device
+from engine.sources.structure import Batch, map_tensors, take
 from engine.sweep.perturb import Perturber
 
 log = logging.getLogger(__name__)
 
 
 class PointsEvaluator:
-    """Loss and accuracy of K grid points per pass over the cached batches."""
+    """The loss's metrics at K grid points per pass over the cached batches."""
 
     def __init__(
         self, model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-        batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None,
+        batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY,
     ) -> None:
         self.model = model.eval()
         self.logged = {n for n, m in zip(names, logged or []) if m}  # exp(log theta* + c @ d): BN variances
         self.precision = precision
         self.batches = batches
-        self.count = sum(len(y) for _, y in batches)
+        self.loss = loss
         # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
         self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
         for n in self.logged:
             self.theta[n] = self.theta[n].log()
         self.dirs = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
-        self._call = torch.vmap(lambda params, x: functional_call(self.model, params, (x,)), in_dims=(0, None))
+        self._call = torch.vmap(self.forward, in_dims=(0, None))
+
+    def forward(self, params: dict[str, torch.Tensor], batch: Batch) -> Any:
+        """The loss's forward pass with the model's tensors replaced by params (one point; vmapped over K)."""
+        return self.loss.forward(lambda *args, **kwargs: functional_call(self.model, params, args, kwargs), batch)
 
     def stacked(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: [K, *shape]} = theta* + coords @ directions, for every perturbed tensor (exp'd in log space)."""
@@ -53,23 +58,23 @@ class PointsEvaluator:
 
     @torch.inference_mode()
     def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
-        """Mean loss and accuracy at each of the K points in coords ([K, ndim]); one host sync at the end."""
+        """The loss's mean metrics at each of the K points in coords ([K, ndim]); one host sync at the end."""
         device = next(iter(self.theta.values())).device
         params = self.stacked(torch.as_tensor(coords, dtype=torch.float64, device=device))
         k = len(coords)
-        loss = torch.zeros(k, dtype=torch.float64, device=device)
-        correct = torch.zeros(k, dtype=torch.int64, device=device)
-        for x, y in self.batches:
-            with autocast(x.device, self.precision):
-                logits = self._call(params, x.contiguous())  # vmap lacks channels_last rules (as_strided_)
-            per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
-            loss += per.view(k, -1).sum(1, dtype=torch.float64)
-            correct += (logits.argmax(-1) == y).sum(1)
-        return {"loss": (loss / self.count).cpu().numpy(), "accuracy": (correct.double() / self.count).cpu().numpy()}
+        total: dict[str, torch.Tensor] = {}
+        for batch in self.batches:
+            batch = map_tensors(batch, lambda t: t.contiguous())  # vmap lacks channels_last rules (as_strided_)
+            with autocast(first_device(batch), self.precision):
+                out = self._call(params, batch)
+            for key, value in self.loss.stacked_sums(out, batch, k).items():
+                total[key] = value if key not in total else total[key] + value
+        summed = {key: value.cpu().numpy() for key, value in total.items()}
+        return {m: np.asarray(v) for m, v in self.loss.means(summed).items()}
 
 
-def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of every module output of one forward pass on x: an upper bound on its activation memory."""
+def activation_bytes(model: nn.Module, batch: Batch, loss: Loss = CROSS_ENTROPY) -> int:
+    """Bytes of every module output of one forward pass on batch: an upper bound on its activation memory."""
     total = 0
 
     def hook(_module: nn.Module, _inputs: object, output: object) -> None:
@@ -80,7 +85,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.inference_mode():
-            model(x)
+            loss.forward(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -88,24 +93,23 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: EvalBatches, budget_gb: float,
-                    limit: int = 256) -> int:
+                    limit: int = 256, loss: Loss = CROSS_ENTROPY) -> int:
     """K from a memory budget: each stacked point costs its perturbed tensors plus one batch's activations."""
-    per_point = sum(t.numel() * t.element_size() for t in theta) + activation_bytes(model, batches[0][0])
+    per_point = sum(t.numel() * t.element_size() for t in theta) + activation_bytes(model, batches[0], loss)
     return int(max(1, min(limit, budget_gb * 2**30 // max(per_point, 1))))
 
 
 def make_evaluator(
     model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-    batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None,
+    batches: EvalBatches, precision: str = "fp32", logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY,
 ) -> PointsEvaluator | None:
     """A PointsEvaluator if this model runs under vmap and agrees with a plain call, else None (reason logged)."""
     try:
-        ev = PointsEvaluator(model, names, theta, directions, batches, precision, logged)
-        probe = [(batches[0][0][:2], batches[0][1][:2])]
-        ev_probe = PointsEvaluator(model, names, theta, directions, probe, logged=logged)
+        ev = PointsEvaluator(model, names, theta, directions, batches, precision, logged, loss)
+        probe = [take(batches[0], slice(0, 2))]
+        ev_probe = PointsEvaluator(model, names, theta, directions, probe, logged=logged, loss=loss)
         got = ev_probe.evaluate(np.zeros((2, len(directions))))["loss"]
-        with torch.inference_mode():
-            want = F.cross_entropy(model(probe[0][0]).float(), probe[0][1]).item()
+        want = evaluate(model, probe, loss=loss)["loss"]
         if not np.allclose(got, want, rtol=1e-3, atol=1e-5):
             raise RuntimeError(f"vmap result {got} differs from a plain call {want}")
     except Exception as err:
@@ -120,8 +124,9 @@ class PointRunner:
 
     def __init__(self, model: nn.Module, perturber: Perturber, batches: EvalBatches, precision: str = "fp32",
                  evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
-                 curvature: Callable[[], dict[str, float]] | None = None) -> None:
+                 curvature: Callable[[], dict[str, float]] | None = None, loss: Loss = CROSS_ENTROPY) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
+        self.loss = loss
         self.evaluator = evaluator
         self.k = k if evaluator is not None else 1
         self.fast = fast  # the K = 1 path's model: engine.sweep.rewrite.FastModel (or a compiled model), else model
@@ -139,7 +144,7 @@ class PointRunner:
 
     def _metrics(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         n = len(coords)
-        out = {"loss": np.empty(n), "accuracy": np.empty(n)}
+        out = {m: np.empty(n) for m in self.loss.metrics}
         if self.k == 1 or self.evaluator is None:
             point_model = self.fast if self.fast is not None else self.model
             set_point = getattr(point_model, "set_point", None)
@@ -148,7 +153,7 @@ class PointRunner:
                 self.perturber.set(point)
                 if set_point is not None:
                     set_point(point)
-                for metric, value in evaluate(point_model, self.batches, self.precision).items():
+                for metric, value in evaluate(point_model, self.batches, self.precision, self.loss).items():
                     out[metric][i] = value
             return out
         for chunk in np.array_split(np.arange(n), -(-n // self.k)):

@@ -16,8 +16,9 @@ from engine.core.errors import UserError
 from engine.curvature.spectra import CURVATURE_METRICS
 from engine.directions.kinds import Directions
 from engine.directions.vectors import perturbed
-from engine.sources.data import Split, load_data
+from engine.sources.data import load_data
 from engine.sources.losses import METRICS
+from engine.sources.splits import Split
 from engine.store.grid import make_levels, make_plan
 from engine.store.layout import open_store
 from engine.store.read import read_surface
@@ -144,7 +145,7 @@ def test_store_spec_holds_what_the_store_is_made_from(tmp_path: Path) -> None:
     levels = make_levels(cfg.grid)
     target = _tiny_target()
     made = Directions([[torch.ones_like(t) for t in target.theta] for _ in range(2)])
-    spec = stages.store_spec(cfg, resolved, levels, target, made, "f00d")
+    spec = stages.store_spec(cfg, resolved, levels, target, made, "f00d", METRICS)
     assert spec.config is resolved and spec.levels is levels and spec.fingerprint == "f00d"
     assert spec.names == target.names and spec.shapes == [tuple(t.shape) for t in target.tensors]
     assert spec.directions is made.directions and spec.metrics == METRICS and spec.arrays == {}
@@ -156,10 +157,10 @@ def test_store_spec_holds_what_the_store_is_made_from(tmp_path: Path) -> None:
                      trajectory=trajectory, explained=[0.8, 0.2])
     weights = perturbed(nn.Linear(4, 3), "weights")
     spec = stages.store_spec(curv, curv_resolved, make_levels(curv.grid), weights,
-                             Directions([[torch.ones_like(t) for t in weights.theta]]), "f00d")
-    assert spec.metrics == METRICS + CURVATURE_METRICS and spec.attrs["markers"] == {"theta*": [0.0]}
+                             Directions([[torch.ones_like(t) for t in weights.theta]]), "f00d", ("loss", "mae"))
+    assert spec.metrics == ("loss", "mae", *CURVATURE_METRICS) and spec.attrs["markers"] == {"theta*": [0.0]}
     assert "log_space" not in spec.attrs
-    spec = stages.store_spec(cfg, resolved, levels, target, pca, "f00d")
+    spec = stages.store_spec(cfg, resolved, levels, target, pca, "f00d", METRICS)
     assert spec.attrs["markers"] == {"final": [0.0, 0.0]} and spec.attrs["explained_variance"] == [0.8, 0.2]
     assert spec.arrays["trajectory/coords"] is trajectory
     open_store(tmp_path / "landscape.zarr", spec)  # and the store takes it

@@ -30,8 +30,7 @@ BAD = [
     (["eval.sample=3"], "unknown config key 'eval.sample' (did you mean eval.samples?)"),
     (["evl.samples=3"], "unknown config key 'evl.samples' (did you mean eval.samples?)"),
     (["eval.samples=many"], "eval.samples=many: Value 'many' of type 'str' could not be converted to Integer"),
-    (["model.kwargs.depth=3"], "add it with +model.kwargs.depth=3"),
-    (["model=vgg7"], "no config 'vgg7' in group model; options: custom, mlp,"),
+    (["model=vgg7"], "no config 'vgg7' in group model; options: custom, hf, mlp,"),
     (["grid.x=[1,"], "cannot read override 'grid.x=[1,'"),
     (["-m", "model.width=4,zero"], "model.width=zero: Value 'zero' of type 'str' could not be converted"),
     (["-m", "model.width=4,0"], "model.width=0 must be >= 1"),
@@ -55,6 +54,8 @@ def test_bad_input_one_clear_line_and_no_store(overrides, message, tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["+model.kwargs.depth=3", "+data.kwargs={root: /tmp}"],
+    ["model=torchvision", "model.arch=resnet18", "model.kwargs.num_classes=10", "loss=custom", "loss._target_=m.f",
+     "loss.kwargs.scale=2"],  # the free-form dicts take new keys without a +
     ["model=plain20", "grid=line", "direction=interpolation", "direction.checkpoints=[b.pt]"],
     ["-m", "model=resnet8,plain8", "eval.samples=32,64", "hydra/launcher=local", "hydra.launcher.tasks_per_node=2"],
     ["hydra.job.chdir=true", "hydra.run.dir=elsewhere"],

@@ -25,9 +25,10 @@ from engine.app.landscape import run_landscape
 from engine.directions.vectors import log_space, perturbed_tensors
 from engine.sources.batches import device_batches
 from engine.sources.checkpoints import load_checkpoint
-from engine.sources.data import Split, load_data, subsample
+from engine.sources.data import load_data
 from engine.sources.losses import evaluate
 from engine.sources.models import CifarResNet, build_model
+from engine.sources.splits import Split, subsample
 from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
 from helpers import ENV, GRID, TINY, assert_same_store, make_cfg, run_cli, torchrun

@@ -17,8 +17,9 @@ from engine.app.spectrum import run_spectrum
 from engine.core.errors import UserError
 from engine.curvature.hessian import HessianOperator
 from engine.sources.checkpoints import load_checkpoint
-from engine.sources.data import load_data, subsample
+from engine.sources.data import load_data
 from engine.sources.models import build_model
+from engine.sources.splits import subsample
 from engine.store.read import read_directions, read_surface
 from engine.store.spectra import read_spectrum
 from helpers import make_cfg, torchrun

@@ -16,8 +16,9 @@ from torch import nn
 
 from engine.app.landscape import run_landscape
 from engine.sources.checkpoints import load_checkpoint
-from engine.sources.data import Split, load_data, subsample
+from engine.sources.data import load_data
 from engine.sources.models import build_model
+from engine.sources.splits import Split, subsample
 from engine.store.read import read_directions, read_surface
 from helpers import make_cfg, trained_model
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-from hf_fixtures import add_auto_map, save_tiny_classifier, save_tiny_lm, tiny_text
 from safetensors.torch import load_file
 from torch.func import functional_call
 
 from engine.config.schema import ModelConfig
 from engine.core.errors import UserError
 from engine.sources.hf import build_hf_model, check_text_fits
+from hf_fixtures import add_auto_map, save_tiny_classifier, save_tiny_lm, tiny_text
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ the tokenized documents, split by seed; each bad input is refused in one line.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,13 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from hf_fixtures import save_tiny_tokenizer, tiny_text
 
 from engine.config.schema import DataConfig
 from engine.core.errors import UserError
 from engine.sources.text import cut_blocks, load_text_data, read_documents, token_stream
+from hf_fixtures import save_tiny_tokenizer, tiny_text
 
-HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 DOCS = [tiny_text(400 + 150 * i, seed=i) for i in range(5)]
 
 
@@ -60,7 +58,7 @@ def refused(cfg: DataConfig, match: str, model_path: str | None = None) -> None:
 
 
 KINDS = ["txt", "json", "json-data", "jsonl",
-         pytest.param("parquet", marks=pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed"))]
+         "parquet"]  # pyarrow comes with the [hf] extra
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -157,13 +155,13 @@ def test_tokenizer_missing_or_empty_refused(tok: Path, tmp_path: Path, monkeypat
     refused(text_cfg(path, tok), r"data=text needs the transformers package: pip install 'landscape-engine\[hf\]'")
 
 
-@pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
 def test_parquet_without_the_column_refused(tok: Path, tmp_path: Path) -> None:
     path = write(tmp_path, "parquet", DOCS, field="body")
     refused(text_cfg(path, tok), r"docs.parquet has no column 'text' \(data.text_field\); its columns: body, id")
 
 
-@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed")
-def test_parquet_without_pyarrow_named(tok: Path, tmp_path: Path) -> None:
+def test_parquet_without_pyarrow_named(tok: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     (tmp_path / "docs.parquet").write_bytes(b"PAR1")
     refused(text_cfg(tmp_path / "docs.parquet", tok), r"reading .parquet needs pyarrow \(pip install pyarrow\)")

@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, CIFAR100, cifar
-from vision_fixtures import skip_cifar_md5, write_cifar, write_images
 
 from engine.config.schema import DataConfig, ModelConfig
 from engine.core.errors import UserError
-from engine.sources.data import DatasetSplit, Split, load_data
+from engine.sources.data import load_data
+from engine.sources.splits import DatasetSplit, Split
 from engine.sources.vision import build_torchvision_model, load_vision_data
+from vision_fixtures import skip_cifar_md5, write_cifar, write_images
 
 # The standard statistics, written out here so a wrong constant in the module cannot pass.
 STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

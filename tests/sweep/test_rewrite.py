@@ -19,8 +19,9 @@ from torch import nn
 
 from engine.directions.vectors import perturbed_tensors, random_directions
 from engine.sources.batches import device_batches
-from engine.sources.data import Split, synthetic_images
+from engine.sources.data import synthetic_images
 from engine.sources.models import MLP, CifarResNet
+from engine.sources.splits import Split
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.vectorized import PointRunner
