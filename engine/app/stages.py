@@ -114,6 +114,10 @@ def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = Tr
     trained ones (rank 0 trains, minimizing the configured loss)."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
+    if cfg.model.name == "hf" and "vocab_size" in data.extra:  # token ids and block length the model can take
+        from engine.sources.hf import check_text_fits
+
+        check_text_fits(model, data.extra["vocab_size"], cfg.data.block_size)
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint)
     elif cfg.model.name != "hf":  # a saved transformers folder holds its weights

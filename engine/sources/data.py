@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
-from hydra.utils import get_object
 from torch.utils.data import DataLoader, default_collate
 
 from engine.config.schema import DataConfig
 from engine.core.errors import UserError
+from engine.core.imports import import_object
 from engine.sources.splits import AnySplit, DataBundle, DatasetSplit, Split, float_inputs, seeded_order, seeded_split
 
 
@@ -64,10 +64,12 @@ def synthetic_images(
 def _custom(cfg: DataConfig) -> DataBundle:
     """data._target_ built with data.kwargs: a Dataset (seeded split), a DataLoader (its dataset and collate_fn), or
     a dict {"train": ..., "test": ...} of either (the source's own split)."""
+    factory = import_object(cast(str, cfg._target_), "data._target_")  # set: DataConfig checks it for custom
     try:
-        made = get_object(cast(str, cfg._target_))(**dict(cfg.kwargs))  # set: DataConfig checks it for custom
+        made = factory(**dict(cfg.kwargs))
     except Exception as err:
-        raise UserError(f"data._target_={cfg._target_!r} could not be built ({type(err).__name__}: {err})") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(f"data._target_={cfg._target_!r} could not be built ({type(err).__name__}: {first})") from None
     train: AnySplit
     if isinstance(made, dict) and {"train", "test"} <= set(made):
         train, test = dataset_split(made["train"], cfg), dataset_split(made["test"], cfg)

@@ -11,10 +11,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_object
 
 from engine.config.schema import LossConfig
 from engine.core.errors import UserError
+from engine.core.imports import import_object
 from engine.sources.losses import CROSS_ENTROPY, Loss, Model, Sums, describe, inputs_and_target, output_tensor, wide
 from engine.sources.structure import Batch
 
@@ -160,10 +160,10 @@ def make_loss(cfg: LossConfig) -> Loss:
         return CausalLM()
     target = cast(str, cfg._target_)  # set: LossConfig checks it for custom
     try:
-        fn = get_object(target)
-    except Exception as err:
-        raise UserError(f"loss._target_={target!r} cannot be imported ({type(err).__name__}: {err}); give "
-                        "module.function of a function (model, batch) -> (summed loss, count[, metrics])") from None
+        fn = import_object(target, "loss._target_")
+    except UserError as err:
+        raise UserError(f"{err}; give module.function of a function (model, batch) -> (summed loss, count[, metrics])"
+                        ) from None
     if not callable(fn):
         raise UserError(f"loss._target_={target!r} is a {type(fn).__name__}, not a function")
     return CustomLoss(fn, target, dict(cfg.kwargs))

@@ -11,11 +11,11 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_object
 from torch import nn
 
 from engine.config.schema import ModelConfig
 from engine.core.errors import UserError
+from engine.core.imports import import_object
 
 
 class BasicBlock(nn.Module):
@@ -98,10 +98,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
 
         return build_hf_model(cfg)
     if cfg.name == "custom":
-        try:
-            factory = get_object(cast(str, cfg._target_))  # set: ModelConfig checks it for custom
-        except Exception as err:
-            raise UserError(f"model._target_={cfg._target_!r} cannot be imported ({err})") from None
+        factory = import_object(cast(str, cfg._target_), "model._target_")  # set: ModelConfig checks it
         return factory(**dict(cfg.kwargs))
     if not input_shape:
         raise UserError(f"model={cfg.name} needs image or vector inputs; this data set's inputs are not one tensor "
