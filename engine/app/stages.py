@@ -117,7 +117,7 @@ def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = Tr
     if cfg.model.name == "hf" and "vocab_size" in data.extra:  # token ids and block length the model can take
         from engine.sources.hf import check_text_fits
 
-        check_text_fits(model, data.extra["vocab_size"], cfg.data.block_size)
+        check_text_fits(model, data.extra["vocab_size"], cfg.data.block_size, data.extra.get("pad_token_id"))
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint)
     elif cfg.model.name != "hf":  # a saved transformers folder holds its weights

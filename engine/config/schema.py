@@ -78,6 +78,7 @@ class DataConfig:
     text_field: str = "text"  # text: the column of a json/jsonl/parquet file that holds the text
     tokenizer: str | None = None  # text: folder of a saved tokenizer; None: model.path's
     block_size: int = 128  # text: tokens per sequence (the token stream is cut into blocks of this length)
+    label_field: str | None = None  # text: a record field of class labels: one padded example per record instead
 
     def __post_init__(self) -> None:
         _check_choice("data.name", self.name, DATA_SOURCES)
@@ -344,7 +345,7 @@ RESULT_KEYS = ("model", "data", "loss", "train", "direction", "grid", "eval.spli
 ADDED_DEFAULTS: dict[str, Any] = {
     "model.arch": None, "model.path": None, "model.task": "causal_lm", "model.trust_remote_code": False,
     "data.root": None, "data.download": False, "data.preset": "imagenet", "data.image_size": 224, "data.path": None,
-    "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128,
+    "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128, "data.label_field": None,
     "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
     "direction.include": [], "direction.exclude": [], "direction.frozen": False,
 }

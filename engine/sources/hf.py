@@ -125,9 +125,10 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-def check_text_fits(model: nn.Module, vocab_size: int, block_size: int) -> None:
+def check_text_fits(model: nn.Module, vocab_size: int, block_size: int, pad_token_id: int | None = None) -> None:
     """Refuse in one line a tokenizer larger than the model's embedding or blocks longer than its positions (both
-    fail deep inside the forward: an index error on CPU, a device-side assert on CUDA)."""
+    fail deep inside the forward: an index error on CPU, a device-side assert on CUDA), or padding with a token
+    other than the model's pad_token_id (a sequence classifier would read each example's logits at a pad)."""
     embeddings: Any = getattr(model, "get_input_embeddings", None)
     embedding = embeddings() if callable(embeddings) else None
     rows = getattr(embedding, "num_embeddings", None)
@@ -139,3 +140,7 @@ def check_text_fits(model: nn.Module, vocab_size: int, block_size: int) -> None:
     if positions is not None and block_size > positions:
         raise UserError(f"data.block_size={block_size} is longer than the model's {positions} positions; set "
                         f"data.block_size <= {positions}")
+    model_pad = getattr(config, "pad_token_id", None)
+    if pad_token_id is not None and model_pad is not None and pad_token_id != model_pad:
+        raise UserError(f"the tokenizer pads with token {pad_token_id} but the model's config.pad_token_id is "
+                        f"{model_pad}; save the model's own tokenizer with it (or leave data.tokenizer unset)")

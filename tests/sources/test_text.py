@@ -165,3 +165,53 @@ def test_parquet_without_pyarrow_named(tok: Path, tmp_path: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     (tmp_path / "docs.parquet").write_bytes(b"PAR1")
     refused(text_cfg(tmp_path / "docs.parquet", tok), r"reading .parquet needs pyarrow \(pip install pyarrow\)")
+
+
+def labelled(folder: Path, labels: list[Any], kind: str = "jsonl") -> Path:
+    """Records {"text", "label"}: short documents of different lengths (some longer than a block)."""
+    texts = [tiny_text(20 + 13 * i, seed=i) for i in range(len(labels))]
+    path = folder / f"reviews.{kind}"
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts, "label": labels}), path)
+    else:
+        path.write_text("\n".join(json.dumps({"text": t, "label": v}) for t, v in zip(texts, labels, strict=True)))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_labelled_records_become_one_padded_example_each(kind: str, tok: Path, tmp_path: Path) -> None:
+    """data.label_field: each record tokenized alone, truncated or padded to the block, its attention mask 1 over its
+    own tokens only, string labels numbered in sorted order; every record in exactly one split."""
+    from transformers import AutoTokenizer
+
+    names = ["pos", "neg", "mixed"]
+    labels = [names[i % 3] for i in range(12)]
+    path = labelled(tmp_path, labels, kind)
+    data = load_text_data(text_cfg(path, tok, label_field="label"), None)
+    assert data.num_classes == 3 and data.extra["label_names"] == sorted(names)
+    tokenizer = AutoTokenizer.from_pretrained(tok)
+    expected = {}
+    for i, label in enumerate(labels):
+        ids = tokenizer(tiny_text(20 + 13 * i, seed=i))["input_ids"][:16]
+        expected[tuple(ids)] = sorted(names).index(label)
+    seen = {}
+    for split in (data.train, data.test):
+        for ids, mask, label in zip(split.x["input_ids"], split.x["attention_mask"], split.x["labels"], strict=True):
+            n = int(mask.sum())
+            assert mask[:n].all() and not mask[n:].any() and (ids[n:] == data.extra["pad_token_id"]).all()
+            seen[tuple(ids[:n].tolist())] = int(label)
+    assert seen == expected and len(data.test.x["labels"]) == 3
+
+
+def test_integer_labels_and_bad_labels(tok: Path, tmp_path: Path) -> None:
+    data = load_text_data(text_cfg(labelled(tmp_path, [0, 4, 1, 2]), tok, label_field="label"), None)
+    assert data.num_classes == 5 and data.extra["label_names"] == []
+    refused(text_cfg(labelled(tmp_path, [0, "a", 1, 2]), tok, label_field="label"),
+            r"reviews.jsonl: the 'label' labels must be all non-negative integers or all strings; found 'a'")
+    refused(text_cfg(labelled(tmp_path, [0, 1]), tok, label_field="stars"),
+            r"record 0 has no 'stars' field \(data.label_field=stars\)")
+    refused(text_cfg(write(tmp_path, "txt", DOCS), tok, label_field="label"),
+            r"data.label_field=label needs records: give a .json, .jsonl or .parquet data.path, not docs.txt")
