@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from engine.config.check import to_run_config
+from engine.config.check import open_dict_keys, to_run_config
 from engine.config.files import CONF_DIR
 from engine.config.schema import RunConfig, register_configs
 
@@ -34,9 +34,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every proces
 
 
 def make_cfg(out_dir: Path, *overrides: str) -> tuple[RunConfig, dict[str, Any]]:
-    """The typed config and resolved dict the CLI would build for these overrides (TINY first)."""
+    """The typed config and resolved dict the CLI would build for these overrides (TINY first; model/data/loss
+    kwargs keys need no `+`, as on the command line)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"out_dir={out_dir}", *overrides])
+        cfg = compose("config", overrides=open_dict_keys([*TINY, f"out_dir={out_dir}", *overrides]))
     return to_run_config(cfg)
 
 

@@ -83,7 +83,8 @@ def label_ids(labels: list[Any], path: Path, field: str) -> tuple[torch.Tensor, 
         names = sorted(set(labels))
         return torch.tensor([names.index(v) for v in labels], dtype=torch.int64), names
     strings = isinstance(labels[0], str)
-    bad = next(v for v in labels if isinstance(v, str) != strings or not (strings or isinstance(v, int) and v >= 0))
+    bad = next(v for v in labels
+               if isinstance(v, str) != strings or not (strings or (isinstance(v, int) and v >= 0)))
     raise UserError(f"data.path={path}: the {field!r} labels must be all non-negative integers or all strings; "
                     f"found {bad!r}")
 
