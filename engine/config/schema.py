@@ -290,6 +290,15 @@ class PlotConfig:
     log_scale: bool = False
     clip: float | None = None  # losses above are drawn at this value; None: automatic
     formats: list[str] = field(default_factory=lambda: ["png", "pdf"])
+    levels: str = "log"  # loss contour levels: log (geometric, resolves the basin) | quantile | linear
+    n_levels: int = 20  # number of contour bands
+    html: bool = True  # figures/landscape.html (interactive, offline) and report.html next to the store
+    vtk: bool = False  # also write the surface (and trajectory) as VTK files for ParaView into vtk/
+
+    def __post_init__(self) -> None:
+        _check_choice("plot.levels", self.levels, ("log", "quantile", "linear"))
+        if self.n_levels < 2:
+            raise UserError(f"plot.n_levels={self.n_levels} must be >= 2")
 
 
 @dataclass

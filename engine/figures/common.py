@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 DPI = 150
 N_LEVELS = 20
 CMAP = "viridis"
+LEVEL_FORMAT = "%.3g"  # colour-bar labels of the contour bands
 
 
 def cap_value(arrays: Sequence[np.ndarray], clip: float | None, auto: bool = True) -> float | None:
@@ -62,9 +64,12 @@ def masked_grid(arr: np.ndarray, clip: float | None = None, log_scale: bool = Fa
     return z.T
 
 
-def contour_levels(z: np.ma.MaskedArray) -> np.ndarray | None:
-    """Round filled-contour levels covering the data; a constant surface gets one band around its value; None if empty.
-    Contour lines use the levels strictly inside the data range, so matplotlib never finds "no contour levels"."""
+def contour_levels(z: np.ma.MaskedArray, kind: str = "linear", n: int = N_LEVELS) -> np.ndarray | None:
+    """Filled-contour levels covering the data, None if empty; a constant surface gets one band around its value.
+
+    linear: round, evenly spaced; log: geometrically spaced from the minimum to the maximum (positive data only,
+    else linear), so a basin near zero gets as many bands as the walls around it, as in Li et al.'s figures;
+    quantile: equal numbers of grid points per band. Contour lines use the levels strictly inside the range."""
     data = z.compressed()
     if data.size == 0:
         return None
@@ -72,7 +77,26 @@ def contour_levels(z: np.ma.MaskedArray) -> np.ndarray | None:
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         pad = max(abs(lo) * 0.01, 1e-3)
         return np.array([lo - pad, lo + pad])
-    return cast(np.ndarray, MaxNLocator(N_LEVELS).tick_values(lo, hi))  # an ndarray; the stubs say Sequence[float]
+    if kind == "log" and lo > 0:
+        return covering(np.geomspace(lo, hi, n + 1), lo, hi)
+    if kind == "quantile":
+        levels = np.unique(np.quantile(data, np.linspace(0.0, 1.0, n + 1)))
+        if levels.size >= 3:
+            return covering(levels, lo, hi)
+    return cast(np.ndarray, MaxNLocator(n).tick_values(lo, hi))  # an ndarray; the stubs say Sequence[float]
+
+
+def covering(levels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Levels rounded to 3 significant digits inside, the ends widened a hair past the data's range so that its
+    minimum and maximum fall inside a band (contourf leaves values outside its levels blank)."""
+    inside = np.array([float(f"{v:.3g}") for v in levels[1:-1]])
+    out = np.unique(np.concatenate([[lo - 1e-9 * max(abs(lo), 1e-12)], inside, [hi + 1e-9 * max(abs(hi), 1e-12)]]))
+    return out[(out >= out[0]) & (out <= out[-1])]
+
+
+def level_norm(levels: np.ndarray) -> BoundaryNorm:
+    """The colour of each band between levels, shared by contours, heatmaps and the 3D surface of one figure set."""
+    return BoundaryNorm(levels, ncolors=plt.get_cmap(CMAP).N, clip=True)
 
 
 def inner(z: np.ma.MaskedArray, levels: np.ndarray) -> np.ndarray:

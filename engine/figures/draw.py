@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from engine.config.schema import PlotConfig
 from engine.curvature.spectra import CURVATURE_METRICS
 from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
@@ -45,7 +47,7 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     paths = draw_surfaces(surface.coords, {k: v for k, v in m.items() if not k.startswith("hessian/")}, out_dir,
                           title=title,
                           axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
-                          markers=markers, path=trajectory)
+                          markers=markers, path=trajectory, levels=plot.levels, n_levels=plot.n_levels)
     if all(k in m for k in CURVATURE_METRICS):
         lambda_max, lambda_min, ratio = (m[k] for k in CURVATURE_METRICS)
         paths += draw_curvature_maps(tuple(surface.coords), m["loss"], lambda_max, lambda_min, ratio, out_dir,
@@ -56,4 +58,36 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
         paths += draw_density(spectrum.grid, spectrum.density, out_dir, formats=formats, title=name)
         paths += draw_eigenvalues(spectrum.eigenvalues, out_dir, formats=formats, title=name,
                                   lambda_min=spectrum.lambda_min)
+    if plot.html:
+        paths.append(draw_page(store_path, out_dir, plot))
     return paths
+
+
+def draw_page(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> Path:
+    """out_dir/landscape.html: the store's interactive page (the coarse preview, marked partial, while the full
+    grid is incomplete)."""
+    from engine.figures.pages import line_figures, page, surface_figures, write_page  # plotly: only when asked
+
+    plot = plot or PlotConfig()
+    surface, state = surface_to_draw(store_path)
+    conf = surface.attrs["config"]
+    title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized)"
+    markers = {n: tuple(p) for n, p in (surface.attrs.get("markers") or {"theta*": [0.0] * len(surface.coords)}
+                                        ).items()}
+    labels = surface.attrs.get("axis_labels", ["d1", "d2"])
+    log_default = plot.log_scale or plot.levels != "linear"
+    if len(surface.coords) == 1:
+        figures = line_figures(np.asarray(surface.coords[0], dtype=float), surface.metrics, title=title,
+                               label=labels[0], clip=plot.clip, log_default=plot.log_scale, markers=markers)
+    else:
+        trajectory = read_array(store_path, "trajectory/coords")
+        figures = surface_figures(surface.coords, surface.metrics, title=title, labels=labels, clip=plot.clip,
+                                  log_default=log_default, markers=markers, path=trajectory)
+    banner = f"Partial run:{state.strip(' []').removeprefix('partial:')}. Run the same command again to finish it."
+    grid = (f"{len(surface.coords[0])}-point line along {labels[0]}" if len(surface.coords) == 1 else
+            f"{len(surface.coords[0])}x{len(surface.coords[1])} grid over {labels[0]}, {labels[1]}")
+    turn = "" if len(surface.coords) == 1 else "; drag to turn the surface, scroll to zoom"
+    about = (f"<p>{grid}; metrics: {', '.join(surface.metrics)}. Hover for values; the buttons switch the loss "
+             f"between linear and log scale{turn}.</p>")
+    return write_page(Path(out_dir) / "landscape.html",
+                      page(title, [("About this page", about)], figures, banner if state else ""))

@@ -6,6 +6,7 @@ clip are drawn at the clip, so a diverging corner never crashes a plot nor flatt
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -56,15 +57,18 @@ def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, ti
 
 def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], out_dir: Path, title: str,
              labels: Sequence[str], log_scale: bool, clip: float | None, formats: Sequence[str],
-             markers: Mapping[str, tuple[float, ...]], path: np.ndarray | None = None) -> list[Path]:
-    """contour/contourf/heatmap/surface3d for loss and <name>_heatmap for every other metric."""
+             markers: Mapping[str, tuple[float, ...]], path: np.ndarray | None = None, levels_kind: str = "log",
+             n_levels: int = common.N_LEVELS) -> list[Path]:
+    """contour/contourf/heatmap/surface3d for loss and <name>_heatmap for every other metric; the loss's bands
+    follow levels_kind (on log10 values: linear), the other metrics' are linear."""
     x, y = (np.asarray(c, dtype=float) for c in coords)
     paths: list[Path] = []
     for name, values in metrics.items():
         is_loss = name == "loss"
         use_log = log_scale and is_loss
         z = common.masked_grid(values, clip if is_loss else None, use_log, auto=is_loss)
-        levels = common.contour_levels(z) if min(z.shape) >= 2 else None
+        bands = levels_kind if is_loss and not use_log else "linear"
+        levels = common.contour_levels(z, bands, n_levels) if min(z.shape) >= 2 else None
         label = f"log10 {name}" if use_log else name
         kinds = ("contour", "contourf", "heatmap", "surface3d") if is_loss else ("heatmap",)
         for kind in kinds:
@@ -79,20 +83,20 @@ def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], ou
             elif kind == "contour" and not common.inner(z, levels).size:
                 common.no_data(ax, f"constant {name} = {10 ** levels.mean() if use_log else levels.mean():.4g}")
             elif kind == "contour":
-                cs = ax.contour(x, y, z, levels=common.inner(z, levels), cmap=common.CMAP, linewidths=0.9)
+                cs = ax.contour(x, y, z, levels=common.inner(z, levels), cmap=common.CMAP, linewidths=0.9,
+                                norm=common.level_norm(levels))
                 fmt = (lambda v: f"{10 ** v:.3g}") if use_log else "%.3g"
                 ax.clabel(cs, cast(np.ndarray, cs.levels)[::2], inline=True, fontsize=7, fmt=fmt)  # stubs: Iterable
             elif kind == "contourf":
-                filled = ax.contourf(x, y, z, levels=levels, cmap=common.CMAP, extend="neither")
-                fig.colorbar(filled, ax=ax, label=label)
+                filled = ax.contourf(x, y, z, levels=levels, cmap=common.CMAP, extend="neither",
+                                     norm=common.level_norm(levels))
+                fig.colorbar(filled, ax=ax, label=label, format=common.LEVEL_FORMAT)
             elif kind == "heatmap":
-                mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=common.CMAP, vmin=levels[0], vmax=levels[-1])
-                fig.colorbar(mesh, ax=ax, label=label)
+                mesh = ax.pcolormesh(x, y, z, shading="nearest", cmap=common.CMAP, norm=common.level_norm(levels))
+                fig.colorbar(mesh, ax=ax, label=label, format=common.LEVEL_FORMAT)
             else:
-                xx, yy = np.meshgrid(x, y)
                 ax3d = cast("Axes3D", ax)  # projection="3d"
-                ax3d.plot_surface(xx, yy, z.filled(np.nan), cmap=common.CMAP, vmin=levels[0], vmax=levels[-1],
-                                  rstride=1, cstride=1, linewidth=0, antialiased=False)
+                surface3d(ax3d, x, y, values, levels, use_log, clip if is_loss else None, auto=is_loss)
                 ax3d.set_zlabel(label)
                 ax.xaxis.set_major_locator(MaxNLocator(5))
                 ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -103,6 +107,38 @@ def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], ou
                 common.limits(ax, x, y)
             paths += common.save(fig, out_dir, stem, formats)
     return paths
+
+
+def surface3d(ax: Axes3D, x: np.ndarray, y: np.ndarray, raw: np.ndarray, levels: np.ndarray, use_log: bool,
+              clip: float | None, auto: bool) -> None:
+    """The 3D surface on a mesh refined to about 200 points a side (bilinear in log space for positive values, then
+    capped as the contours are), coloured by the contours' bands and with the z axis ending at the cap: the plateau
+    where values are capped reads as a flat rim instead of a sawtooth of coarse cells."""
+    fx, fy = refined(x), refined(y)
+    fine = np.asarray(raw, dtype=float)
+    positive = bool(np.all(fine[np.isfinite(fine)] > 0))
+    grid = np.log(np.where(np.isfinite(fine), fine, np.nan)) if positive else np.where(np.isfinite(fine), fine, np.nan)
+    grid = bilinear(x, y, grid, fx, fy)
+    fine = np.exp(grid) if positive else grid
+    cap = common.cap_value([raw], clip, auto)
+    zf = common.masked_grid(np.minimum(fine, cap) if cap is not None else fine, None, use_log, auto=False)
+    xx, yy = np.meshgrid(fx, fy)
+    ax.plot_surface(xx, yy, zf.filled(np.nan), cmap=common.CMAP, norm=common.level_norm(levels), rstride=1,
+                    cstride=1, linewidth=0, antialiased=False, shade=False)
+    ax.set_zlim(float(levels[0]), float(levels[-1]))
+
+
+def refined(c: np.ndarray, points: int = 200) -> np.ndarray:
+    """The axis with each cell split so the whole has about `points` points (the grid's own points kept)."""
+    split = max(1, -(-points // max(len(c) - 1, 1)))
+    return np.concatenate([np.linspace(a, b, split, endpoint=False) for a, b in itertools.pairwise(c)] + [c[-1:]])
+
+
+def bilinear(x: np.ndarray, y: np.ndarray, values: np.ndarray, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
+    """values[i, j] at (x[i], y[j]) interpolated onto (fx, fy), separably (one axis, then the other); NaN spreads
+    to the cells it touches, so nothing is drawn where nothing was computed."""
+    rows = np.stack([np.interp(fy, y, row) for row in values])
+    return np.stack([np.interp(fx, x, col) for col in rows.T], axis=1)
 
 
 def draw_surfaces(
@@ -117,6 +153,8 @@ def draw_surfaces(
     formats: Sequence[str] = ("png", "pdf"),
     markers: Mapping[str, tuple[float, ...]] | None = None,
     path: np.ndarray | None = None,
+    levels: str = "log",
+    n_levels: int = common.N_LEVELS,
 ) -> list[Path]:
     """Draw every figure of a 1D line or 2D plane into out_dir and return the files written.
 
@@ -138,4 +176,5 @@ def draw_surfaces(
     if len(coords) == 1:
         return _draw_1d(np.asarray(coords[0], dtype=float), metrics, out, title, axis_labels[0], log_scale, clip,
                         formats, markers)
-    return _draw_2d(coords, metrics, out, title, axis_labels, log_scale, clip, formats, markers, path)
+    return _draw_2d(coords, metrics, out, title, axis_labels, log_scale, clip, formats, markers, path, levels,
+                    n_levels)
