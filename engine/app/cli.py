@@ -1,5 +1,6 @@
 """Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
-`landscape-plot STORE` (redraw from a store) and `landscape-spectrum` (Hessian spectra at theta*, no sweep).
+`landscape-plot STORE` (redraw from a store), `landscape-export STORE` (VTK files for ParaView) and
+`landscape-spectrum` (Hessian spectra at theta*, no sweep).
 Bad input ends in one line on stderr and exit code 2; config mistakes are caught before Hydra starts a job
 (engine/config/check.py), so a refused command leaves its run folder as it was.
 
@@ -100,10 +101,17 @@ def compare_main(argv: list[str] | None = None) -> None:
     compare(argv)
 
 
+def export_main(argv: list[str] | None = None) -> None:
+    """`landscape-export STORE`: the store's surface, line and trajectory as VTK files for ParaView."""
+    from engine.app.export import main as export
+
+    export(argv)
+
+
 def plot_main(argv: list[str] | None = None) -> None:
     """`landscape-plot STORE`: redraw the figures and summary.json of a store without recomputing."""
     parser = argparse.ArgumentParser(prog="landscape-plot", description=plot_main.__doc__)
-    parser.add_argument("store", help="a .zarr store written by `landscape`")
+    parser.add_argument("store", help="a run folder (runs/<name>) or its landscape.zarr store")
     parser.add_argument("--out", help="folder for the figures (default: figures/ beside the store)")
     parser.add_argument("--log", action="store_true", help="log scale for the loss")
     parser.add_argument("--clip", type=float, default=None, help="draw losses above this value at this value")
@@ -115,9 +123,11 @@ def plot_main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         from engine.figures.draw import draw
+        from engine.figures.select import complete_surface, store_path
         from engine.store.assemble import assemble
 
-        store = Path(args.store)
+        store = store_path(args.store)
+        complete_surface(store)  # refused before summary.json or figures/ is written
         summary = assemble(store, args.basin_rise, sharpness_radius=args.sharpness_radius)
         plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","))
         figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot)
