@@ -116,21 +116,29 @@ def plot_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", action="store_true", help="log scale for the loss")
     parser.add_argument("--clip", type=float, default=None, help="draw losses above this value at this value")
     parser.add_argument("--formats", default="png,pdf", help="comma-separated figure formats")
+    parser.add_argument("--levels", default="log", choices=("log", "quantile", "linear"),
+                        help="loss contour levels (default log: geometric, resolves the basin)")
+    parser.add_argument("--metrics", nargs="+", default=None, help="draw only these metrics' figures (default: all)")
+    parser.add_argument("--no-html", action="store_true", help="no landscape.html / report.html")
     parser.add_argument("--basin-rise", type=float, default=0.5, help="basin threshold above the center loss")
     parser.add_argument("--sharpness-radius", type=float, default=0.25,
                         help="surface sharpness: max loss rise within this radius, over 1 + center loss")
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from engine.figures.draw import draw
-        from engine.figures.select import complete_surface, store_path
+        from engine.figures.draw import draw, draw_report
+        from engine.figures.select import complete_surface, select_metrics, store_path
         from engine.store.assemble import assemble
 
         store = store_path(args.store)
-        complete_surface(store)  # refused before summary.json or figures/ is written
+        surface, _ = complete_surface(store)  # refused before summary.json or figures/ is written
+        names = select_metrics(surface, args.metrics, store)
         summary = assemble(store, args.basin_rise, sharpness_radius=args.sharpness_radius)
-        plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","))
-        figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot)
+        plot = PlotConfig(log_scale=args.log, clip=args.clip, formats=args.formats.split(","), levels=args.levels,
+                          html=not args.no_html)
+        figures = draw(store, Path(args.out) if args.out else store.parent / "figures", plot, metrics=names)
+        if plot.html and not args.out and (store.parent / "summary.json").is_file():  # a run folder: its report
+            figures.append(draw_report(store, store.parent, figures))
         state = "complete" if summary["complete"] else f"partial, {len(summary['missing_tiles'])} tile(s) missing"
         print(f"{store}: {state}; {len(figures)} figure file(s) in {figures[0].parent if figures else args.out}")
 

@@ -39,8 +39,8 @@ def _store_of(path: Path) -> Path:
 
 
 def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip: float | None = None) -> list[Path]:
-    """Draw each metric the runs share (loss, accuracy, ...) side by side and write comparison.md / .json; returns
-    the files."""
+    """Draw each metric the runs share (loss, accuracy, ...) side by side and write comparison.md / .json and the
+    interactive comparison.html (the loss on a log colour scale, shared by the panels); returns the files."""
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     surfaces = {_store_of(r).parent.name: read_surface(_store_of(r)) for r in runs}
@@ -55,7 +55,11 @@ def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip:
     summaries = {name: summarize(s) for name, s in surfaces.items()}
     (out_dir / "comparison.json").write_text(json.dumps(summaries, indent=2) + "\n")
     (out_dir / "comparison.md").write_text(table(summaries))
-    return [*files, out_dir / "comparison.json", out_dir / "comparison.md"]
+    from engine.figures.report import write_comparison_page  # plotly: only when comparing
+
+    page = write_comparison_page(out_dir, {n: (s.coords, s.metrics) for n, s in surfaces.items()}, summaries,
+                                 COLUMNS, shared_metrics(surfaces), clip, log_scale=True)
+    return [*files, out_dir / "comparison.json", out_dir / "comparison.md", page]
 
 
 def shared_metrics(surfaces: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.app import stages
+from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import on_main, process_group
@@ -47,7 +48,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                   given: stages.Given | None = None) -> RunResult:
     """Train or load, sweep the grid into the store (resuming), summarize and draw; returns the outputs. With
     `given` (the Python API), its model, eval set and loss replace the config's model, data and loss."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
@@ -89,8 +90,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             if cfg.summary.epsilon is not None:
                 on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
+        ranks = ranks_and_devices(env)
         if env.is_main:
             result.summary = stages.summary_stage(cfg, store)
+            write_provenance(result.run_dir, store, env, ranks, started, time.perf_counter() - start)
             result.figures = stages.figures_stage(cfg, store)
             report(result, time.perf_counter() - start, len(tiles), say)
     return result
@@ -104,3 +107,5 @@ def report(result: RunResult, seconds: float, tiles: int, say: stages.Say) -> No
     if not result.summary["complete"]:
         say(f"warning: {len(result.summary['missing_tiles'])} tile(s) are not done; run the same command again")
     say(f"store:   {result.store}\nsummary: {result.run_dir / 'summary.json'}\nfigures: {result.run_dir / 'figures'}")
+    if (result.run_dir / "report.html").is_file():
+        say(f"report:  {result.run_dir / 'report.html'} (interactive: {result.run_dir / 'figures' / 'landscape.html'})")

@@ -47,7 +47,8 @@ def draw_comparison(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]],
     else:
         grids = [common.masked_grid(values, cap, log_scale) for _, values in runs.values()]
         data = np.concatenate([g.compressed() for g in grids])
-        levels = common.contour_levels(np.ma.masked_array(data))
+        levels = common.contour_levels(np.ma.masked_array(data), "log" if metric == "loss" and not log_scale else
+                                       "linear")
         fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 4.0), layout="constrained",
                                  squeeze=False, sharey=True)
         filled = None
@@ -58,9 +59,10 @@ def draw_comparison(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]],
             if levels is None or not z.count() or min(z.shape) < 2:
                 common.no_data(ax)
                 continue
-            filled = ax.contourf(*(np.asarray(c, dtype=float) for c in coords), z, levels=levels, cmap=common.CMAP)
+            filled = ax.contourf(*(np.asarray(c, dtype=float) for c in coords), z, levels=levels, cmap=common.CMAP,
+                                 norm=common.level_norm(levels))
         if filled is not None:
-            fig.colorbar(filled, ax=list(axes[0]), label=label)
+            fig.colorbar(filled, ax=list(axes[0]), label=label, format=common.LEVEL_FORMAT)
     fig.savefig(path, dpi=common.DPI)
     plt.close(fig)
     return path

@@ -3,6 +3,8 @@ the curvature maps and the spectra it holds; a partial store draws its complete 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,8 @@ def surface_to_draw(store_path: str | Path) -> tuple[Surface, str]:
     return surface, f" [partial: {done}]"
 
 
-def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> list[Path]:
+def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None,
+         metrics: Sequence[str] | None = None) -> list[Path]:
     """Draw every figure of a store into out_dir (redraws from the store alone, no recompute).
 
     While the full grid is incomplete, the complete coarse preview is drawn instead, marked as partial.
@@ -40,7 +43,7 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
     markers = surface.attrs.get("markers") or {"theta*": [0.0 for _ in surface.coords]}
     markers = {name: tuple(point) for name, point in markers.items()}
-    m = surface.metrics
+    m = {k: v for k, v in surface.metrics.items() if metrics is None or k in metrics or k == "loss"}
     formats = list(plot.formats)
     labels = surface.attrs.get("axis_labels", ["d1", "d2"])
     trajectory = read_array(store_path, "trajectory/coords") if len(surface.coords) == 2 else None
@@ -48,7 +51,7 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
                           title=title,
                           axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
                           markers=markers, path=trajectory, levels=plot.levels, n_levels=plot.n_levels)
-    if all(k in m for k in CURVATURE_METRICS):
+    if all(k in m for k in CURVATURE_METRICS):  # the loss is always drawn, so m holds it
         lambda_max, lambda_min, ratio = (m[k] for k in CURVATURE_METRICS)
         paths += draw_curvature_maps(tuple(surface.coords), m["loss"], lambda_max, lambda_min, ratio, out_dir,
                                      formats=formats, title=title, markers=markers)
@@ -61,6 +64,23 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     if plot.html:
         paths.append(draw_page(store_path, out_dir, plot))
     return paths
+
+
+def draw_report(store_path: str | Path, run_dir: str | Path, figures: list[Path]) -> Path:
+    """run_dir/report.html from the store, run_dir's summary.json and provenance.json (when written) and the
+    figures drawn."""
+    from engine.figures.report import write_report  # plotly: only when asked
+
+    run = Path(run_dir)
+    surface = read_surface(store_path)
+    conf = surface.attrs["config"]
+    summary_path, provenance_path = run / "summary.json", run / "provenance.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    provenance.setdefault("fingerprint", surface.attrs.get("fingerprint"))
+    provenance.setdefault("config_hash", surface.attrs.get("config_hash"))
+    title = f"{conf['model']['name']} on {conf['data']['name']} ({run.name})"
+    return write_report(run, summary, conf, provenance, figures, title)
 
 
 def draw_page(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> Path:

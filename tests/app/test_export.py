@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_fixtures import make_store
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkIOXML import vtkXMLStructuredGridReader, vtkXMLUnstructuredGridReader
 
 from engine.app.cli import export_main, plot_main
 from engine.store.read import read_surface
 from helpers import run_cli
+from store_fixtures import make_store
 
 TRAJECTORY = np.array([[-0.8, 1.0], [-0.3, 0.4], [0.0, 0.0]])
 
@@ -104,7 +104,7 @@ def test_export_refusal_in_a_subprocess_exits_2_with_one_line(tmp_path: Path) ->
     assert files_under(tmp_path) == before
 
 
-@pytest.mark.parametrize("case", CASES[:2])
+@pytest.mark.parametrize("case", CASES)
 def test_plot_refuses_bad_input_in_one_line_and_writes_nothing(case: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture) -> None:
