@@ -204,13 +204,16 @@ def comparison_figure(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]
 
 def page(title: str, sections: Sequence[tuple[str, str]], figures: Sequence[tuple[str, go.Figure]],
          banner: str = "") -> str:
-    """One self-contained HTML page: plotly's JavaScript inlined once, then HTML sections, then each figure."""
+    """One self-contained HTML page: plotly's JavaScript inlined once (when it has figures), then HTML sections,
+    then each figure."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+             f"<style>{STYLE}</style>",
+             f"<script type='text/javascript'>{get_plotlyjs()}</script>" if figures else "", "</head><body>",
              f"<h1>{html.escape(title)}</h1>"]
     if banner:
         parts.append(f"<p class='banner'>{html.escape(banner)}</p>")
-    parts += [f"<section><h2>{html.escape(head)}</h2>{body}</section>" for head, body in sections]
+    parts += [f"<section id='{html.escape(head.lower().replace(' ', '-'))}'><h2>{html.escape(head)}</h2>{body}"
+              "</section>" for head, body in sections]
     for div, fig in figures:
         parts.append(f"<div class='figure' id='{div}'>"
                      f"{fig.to_html(full_html=False, include_plotlyjs=False, div_id=div + '-plot')}</div>")

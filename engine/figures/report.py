@@ -96,7 +96,7 @@ def write_report(run_dir: Path, summary: Mapping[str, Any], config: Mapping[str,
         "Run the same command again to finish it.")
     sections = [("Summary", link + "<p>Every number of summary.json, grouped.</p>"), *numbers_sections(summary),
                 ("Figures", embedded(figures)),
-                ("Provenance", table(flatten(dict(provenance)))),
+                ("Provenance", table(flatten({"provenance": dict(provenance)}))),
                 ("Resolved config", config_text(config))]
     return write_page(run_dir / "report.html", page(f"Report: {title}", sections, [], partial))
 
