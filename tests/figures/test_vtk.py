@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_fixtures import CURVATURE, make_store, values
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkIOXML import vtkXMLStructuredGridReader, vtkXMLUnstructuredGridReader
 
 from engine.core.errors import UserError
 from engine.figures.vtk import export_vtk, height, surface_at
 from engine.store.read import read_surface
+from store_fixtures import CURVATURE, make_store, values
 
 TRAJECTORY = np.array([[-1.4, 1.2], [-0.55, 0.7], [-0.2, 0.1], [0.0, 0.0]])  # the first point outside the grid
 
