@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from engine.core.dist import DistEnv, barrier
+from engine.core.progress import progress_bar
 from engine.store.grid import GridPlan
 from engine.store.tiles import Work, pending_work, write_tile
 from engine.sweep.counter import TileCounter
@@ -47,7 +47,8 @@ def sweep_tiles(
     mine: list[Work] = []
     log.info("rank %d of %d (pid %d): %d tile(s) pending, K=%d", env.rank, env.world_size, os.getpid(), len(work),
              runner.k)
-    bar = tqdm(total=sum(sizes), disable=not (progress and env.is_main), unit="pt", desc="sweep")
+    desc = "sweep" if runner.curvature is None else "sweep+curvature"  # the curvature probe runs at every point
+    bar = progress_bar(sum(sizes), desc, "pt", progress and env.is_main)
     with runner.perturber.active(), bar:
         while (k := claims.add(1) - 1) < len(work):
             level, tile = work[k]
