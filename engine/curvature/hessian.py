@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from engine.core.errors import UserError
 from engine.core.onednn import safe_autograd
@@ -141,6 +142,20 @@ class MatrixOperator:
             raise UserError(f"matvec needs a flat vector of {self.size} entries, got shape {tuple(v.shape)}")
         self.calls += 1
         return self.matrix @ v.to(self.device, self.dtype)
+
+
+class TickingOperator:
+    """`op` with each product ticked on a progress bar: the products themselves are op's, untouched."""
+
+    def __init__(self, op: LinearOperator, bar: tqdm[Any]) -> None:
+        self.op, self.bar = op, bar
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """op.matvec(v), one tick on the bar."""
+        out = self.op.matvec(v)
+        self.bar.update(1)
+        return out
 
 
 def _rademacher(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
@@ -327,6 +342,13 @@ def hutchpp_trace(op: LinearOperator, matvecs: int, seed: int = 0) -> float:
     g = g - q @ (q.T @ g)
     rest = (g * apply(g)).sum().double().item() / probes
     return exact + rest
+
+
+def hutchpp_products(n: int, matvecs: int) -> int:
+    """How many products hutchpp_trace makes on an operator of size n: `matvecs`, fewer when n < matvecs // 3 (the
+    sketch's orthonormal basis has at most n columns)."""
+    third = matvecs // 3
+    return matvecs - third + min(third, n)
 
 
 def slq_density(

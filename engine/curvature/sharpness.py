@@ -12,6 +12,7 @@ import torch
 
 from engine.core.errors import UserError
 from engine.core.onednn import safe_autograd
+from engine.core.progress import progress_bar
 
 _RADIUS_RTOL = 1e-9  # grid coordinates like 0.5000000001 from linspace still count as within radius 0.5
 
@@ -36,9 +37,11 @@ def _scalar(loss: torch.Tensor) -> float:
 
 
 def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], epsilon: float,
-                      steps: int = 20, seed: int = 0, random_start: bool = True) -> dict[str, float]:
+                      steps: int = 20, seed: int = 0, random_start: bool = True,
+                      progress: bool = False) -> dict[str, float]:
     """Keskar et al. (2017) metric 2.1 (A = I), 100 * (max - L) / (1 + L) over |delta_i| <= epsilon * (|theta_i| + 1),
-    by sign-gradient PGD from a seeded random (or zero) start; loss_fn() reads the params, restored bitwise after."""
+    by sign-gradient PGD from a seeded random (or zero) start; loss_fn() reads the params, restored bitwise after.
+    With progress, a bar over the ascent steps (callers pass it on rank 0 only)."""
     _check_epsilon_args(params, epsilon, steps)
     saved = [p.detach().clone() for p in params]
     try:
@@ -59,17 +62,19 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Te
                 for p, s, d in zip(params, saved, ds):
                     p.copy_(s + d)
 
-        for _ in range(steps):
-            move_to(deltas)
-            with torch.enable_grad(), safe_autograd(params):
-                loss = loss_fn()
-                value = _scalar(loss)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            if value > best:
-                best = value
-            with torch.no_grad():
-                deltas = [d if g is None else torch.clamp(d + a * g.sign(), min=-b, max=b)
-                          for d, g, a, b in zip(deltas, grads, alphas, boxes)]
+        with progress_bar(steps, "epsilon-sharpness", "step", progress) as bar:
+            for _ in range(steps):
+                move_to(deltas)
+                with torch.enable_grad(), safe_autograd(params):
+                    loss = loss_fn()
+                    value = _scalar(loss)
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                if value > best:
+                    best = value
+                with torch.no_grad():
+                    deltas = [d if g is None else torch.clamp(d + a * g.sign(), min=-b, max=b)
+                              for d, g, a, b in zip(deltas, grads, alphas, boxes)]
+                bar.update(1)
         move_to(deltas)
         with torch.no_grad():
             value = _scalar(loss_fn())

@@ -27,11 +27,14 @@ from torch import nn
 from engine.config.schema import HessianConfig
 from engine.core.dist import DistEnv
 from engine.core.errors import UserError
+from engine.core.progress import planned, progress_bar
 from engine.curvature.hessian import (
     HessianOperator,
+    TickingOperator,
     broadened_density,
     extreme_eigenvalues,
     hutchinson_trace,
+    hutchpp_products,
     hutchpp_trace,
     slq_nodes,
     top_eigenpairs_and_min,
@@ -119,15 +122,25 @@ class Spectrum:
 
 
 def compute_spectrum(model: nn.Module, params: list[torch.Tensor], batches: Batches, cfg: HessianConfig,
-                     env: DistEnv, loss: Loss = CROSS_ENTROPY) -> Spectrum:
-    """Every spectrum of the Hessian at the model's current weights (data-parallel over the ranks)."""
+                     env: DistEnv, loss: Loss = CROSS_ENTROPY, progress: bool = False) -> Spectrum:
+    """Every spectrum of the Hessian at the model's current weights (data-parallel over the ranks); with progress,
+    rank 0 shows one bar over the planned Hessian-vector products, phase by phase."""
     start = time.perf_counter()
     op = operator(model, params, batches, env, cfg.keep_graph, loss)
-    k, steps = min(cfg.top_k, op.size), min(cfg.steps, op.size)
-    values, vectors, lambda_min = top_eigenpairs_and_min(op, k, steps=steps, seed=cfg.seed, rtol=cfg.rtol)
-    trace, stderr = hutchinson_trace(op, cfg.trace_samples, seed=cfg.seed)
-    trace_pp = hutchpp_trace(op, cfg.hutchpp_matvecs, seed=cfg.seed)
-    nodes, weights = slq_nodes(op, cfg.slq_runs, cfg.slq_steps, seed=cfg.seed)
+    n = op.size
+    k, steps = min(cfg.top_k, n), min(cfg.steps, n)
+    plan = {"lanczos": steps, "hutchinson": cfg.trace_samples, "hutch++": hutchpp_products(n, cfg.hutchpp_matvecs),
+            "slq": cfg.slq_runs * min(cfg.slq_steps, n)}  # the products each phase makes unless it stops early
+    with progress_bar(sum(plan.values()), "spectrum", "hvp", progress and env.is_main) as bar:
+        ticked = TickingOperator(op, bar)
+        with planned(bar, plan["lanczos"], "lanczos"):  # stops early once the Ritz pairs converged (hessian.rtol)
+            values, vectors, lambda_min = top_eigenpairs_and_min(ticked, k, steps=steps, seed=cfg.seed, rtol=cfg.rtol)
+        with planned(bar, plan["hutchinson"], "hutchinson"):
+            trace, stderr = hutchinson_trace(ticked, cfg.trace_samples, seed=cfg.seed)
+        with planned(bar, plan["hutch++"], "hutch++"):
+            trace_pp = hutchpp_trace(ticked, cfg.hutchpp_matvecs, seed=cfg.seed)
+        with planned(bar, plan["slq"], "slq"):  # a run stops early on an invariant subspace
+            nodes, weights = slq_nodes(ticked, cfg.slq_runs, cfg.slq_steps, seed=cfg.seed)
     width = float(nodes.max() - nodes.min())
     grid, density = broadened_density(nodes, weights, cfg.sigma * width if width > 0 else cfg.sigma)
     seconds = time.perf_counter() - start
@@ -138,12 +151,17 @@ def compute_spectrum(model: nn.Module, params: list[torch.Tensor], batches: Batc
 
 
 def hessian_directions(model: nn.Module, tensors: list[torch.Tensor], batches: Batches, cfg: HessianConfig,
-                       env: DistEnv, ndim: int, loss: Loss = CROSS_ENTROPY) -> list[list[torch.Tensor]]:
-    """The top `ndim` Hessian eigenvectors at theta* as directions over the perturbed tensors (zero on buffers)."""
+                       env: DistEnv, ndim: int, loss: Loss = CROSS_ENTROPY,
+                       progress: bool = False) -> list[list[torch.Tensor]]:
+    """The top `ndim` Hessian eigenvectors at theta* as directions over the perturbed tensors (zero on buffers);
+    with progress, rank 0 shows a bar over the Lanczos products."""
     params = hessian_params(tensors)
     op = operator(model, params, batches, env, cfg.keep_graph, loss)
-    _, vectors, _ = top_eigenpairs_and_min(op, ndim, steps=min(max(cfg.steps, ndim), op.size), seed=cfg.seed,
-                                           rtol=cfg.rtol)
+    steps = min(max(cfg.steps, ndim), op.size)
+    bar = progress_bar(steps, "hessian directions", "hvp", progress and env.is_main)
+    with bar, planned(bar, steps, "lanczos"):  # stops early once the Ritz pairs converged (hessian.rtol)
+        _, vectors, _ = top_eigenpairs_and_min(TickingOperator(op, bar), ndim, steps=steps, seed=cfg.seed,
+                                               rtol=cfg.rtol)
     out = []
     for v in vectors:
         pieces = iter(v.detach().split([p.numel() for p in params]))

@@ -217,3 +217,14 @@ def test_bad_coords() -> None:
         surface_sharpness(np.zeros((5, 5)), (x,), 0.5)
     with pytest.raises(UserError, match="coords"):
         surface_sharpness(np.zeros((5, 4)), (x, x), 0.5)
+
+
+def test_progress_bar_over_the_ascent_steps_changes_no_number(capfd: pytest.CaptureFixture[str]) -> None:
+    model, x, y = _tiny_model()
+    params = list(model.parameters())
+    silent = epsilon_sharpness(lambda: F.cross_entropy(model(x), y), params, 1e-2, steps=6, seed=3)
+    assert capfd.readouterr() == ("", "")
+    shown = epsilon_sharpness(lambda: F.cross_entropy(model(x), y), params, 1e-2, steps=6, seed=3, progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and "epsilon-sharpness" in err and "6/6" in err
+    assert shown == silent
