@@ -59,11 +59,13 @@ def plane(checkpoints: list[str], model: nn.Module, names: list[str], theta: lis
     return Directions([_on_device(v, theta) for v in basis], markers=markers, axis_labels=["e1 (along B - A)", "e2"])
 
 
-def pca(folder: Path, model: nn.Module, names: list[str], theta: list[torch.Tensor], in_log: set[str]) -> Directions:
-    """The top two principal components of the trajectory epoch_*.pt in folder, relative to theta* (the final model)."""
+def pca(folder: Path, model: nn.Module, names: list[str], theta: list[torch.Tensor], in_log: set[str],
+        progress: bool = False) -> Directions:
+    """The top two principal components of the trajectory epoch_*.pt in folder, relative to theta* (the final model);
+    with progress, a bar over the checkpoints loaded."""
     files = list_checkpoints(folder)
     result = trajectory_pca(names, lambda i: _coordinates(load_state(files[i], model), in_log), len(files),
-                            _origin(names, theta, in_log), where=str(folder))
+                            _origin(names, theta, in_log), where=str(folder), progress=progress)
     labels = [f"PC{k + 1} ({result.explained[k]:.1%} of the variance)" for k in range(2)]
     return Directions([_on_device(v, theta) for v in result.directions], markers={"final": [0.0, 0.0]},
                       axis_labels=labels, trajectory=np.asarray(result.coords, dtype=np.float64),

@@ -19,11 +19,12 @@ HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim 
 
 
 def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTensors, ndim: int, run_dir: Path,
-                    hessian_axes: HessianAxes | None = None) -> Directions:
+                    hessian_axes: HessianAxes | None = None, progress: bool = False) -> Directions:
     """The `ndim` directions of direction.kind over the perturbed tensors, with their markers and labels.
 
-    hessian_axes computes the top Hessian eigenvectors (direction=hessian only); pca reads this run's checkpoints/
-    unless direction.trajectory names another folder.
+    hessian_axes computes the top Hessian eigenvectors (direction=hessian only; it draws its own bar); pca reads
+    this run's checkpoints/ unless direction.trajectory names another folder, with a bar over them when progress is on
+    (callers pass it on rank 0 only).
     """
     theta, logged = target.theta, target.logged
     in_log = {n for n, m in zip(target.names, logged) if m}
@@ -33,7 +34,7 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
         return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log)
     if d.kind == "pca":
         folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
-        return checkpoints.pca(folder, model, target.names, theta, in_log)
+        return checkpoints.pca(folder, model, target.names, theta, in_log, progress)
     coordinates = target.coordinates()
     if d.kind == "random":
         raw = random_raw(coordinates, ndim, d.seed)

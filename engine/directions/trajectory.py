@@ -17,6 +17,7 @@ import torch
 
 from engine.core.errors import UserError
 from engine.core.flat import flatten, unflatten
+from engine.core.progress import progress_bar
 from engine.sources.checkpoints import State
 
 COLLINEAR_TOL = 1e-8  # |part of C - A orthogonal to B - A| / |C - A| below which the three models are collinear
@@ -74,49 +75,56 @@ def trajectory_pca(
     *,
     where: str,
     max_bytes: int = MAX_BYTES,
+    progress: bool = False,
 ) -> PCAResult:
     """PCA of the deltas theta_i - theta_final (load(i) for i < count) through their count x count Gram matrix.
 
     The centred deltas are held in memory when count * P * 8 <= max_bytes (one load per checkpoint); otherwise they
     are streamed, holding two flat vectors at a time (about count^2 / 2 loads). Each direction's sign is chosen so
     that the first checkpoint's coordinate is negative (the path runs towards the final model at the origin); where
-    that coordinate is 0, the largest-magnitude component of the direction is made positive.
+    that coordinate is 0, the largest-magnitude component of the direction is made positive. With progress, a bar
+    over the checkpoint loads (count, or 2 count + count (count + 1) / 2 streamed) gives the ETA.
     """
     if count < 3:
         raise UserError(f"PCA of a trajectory needs at least 3 checkpoints (2 span a single direction once centred), "
                         f"found {count} in {where}; save more epochs")
     shapes = _shapes(names, final, f"final model of {where}")
     anchor = _flat(final, names, shapes, f"final model of {where}")
+    held = count * anchor.numel() * 8 <= max_bytes
+    bar = progress_bar(count if held else 2 * count + count * (count + 1) // 2, "pca trajectory", "ckpt", progress)
 
     def delta(i: int) -> torch.Tensor:
-        return _flat(load(i), names, shapes, f"checkpoint {i} of {where}") - anchor
+        state = load(i)
+        bar.update(1)
+        return _flat(state, names, shapes, f"checkpoint {i} of {where}") - anchor
 
-    if count * anchor.numel() * 8 <= max_bytes:
-        x = torch.empty(count, anchor.numel(), dtype=torch.float64)
-        for i in range(count):
-            x[i] = delta(i)
-        mean = x.mean(0)
-        x -= mean
-        weights, s, total = _top_two(x @ x.T, where)
-        basis = (weights.T @ x) / s.sqrt()[:, None]
-    else:
-        mean = torch.zeros_like(anchor)
-        for i in range(count):
-            mean += delta(i)
-        mean /= count
-        gram = torch.empty(count, count, dtype=torch.float64)
-        for i in range(count):
-            xi = delta(i) - mean
-            gram[i, i] = xi @ xi
-            for j in range(i + 1, count):
-                gram[i, j] = gram[j, i] = xi @ (delta(j) - mean)
-        weights, s, total = _top_two(gram, where)
-        basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
-        for i in range(count):
-            xi = delta(i) - mean
-            basis[0].add_(xi, alpha=float(weights[i, 0]))
-            basis[1].add_(xi, alpha=float(weights[i, 1]))
-        basis /= s.sqrt()[:, None]
+    with bar:
+        if held:
+            x = torch.empty(count, anchor.numel(), dtype=torch.float64)
+            for i in range(count):
+                x[i] = delta(i)
+            mean = x.mean(0)
+            x -= mean
+            weights, s, total = _top_two(x @ x.T, where)
+            basis = (weights.T @ x) / s.sqrt()[:, None]
+        else:
+            mean = torch.zeros_like(anchor)
+            for i in range(count):
+                mean += delta(i)
+            mean /= count
+            gram = torch.empty(count, count, dtype=torch.float64)
+            for i in range(count):
+                xi = delta(i) - mean
+                gram[i, i] = xi @ xi
+                for j in range(i + 1, count):
+                    gram[i, j] = gram[j, i] = xi @ (delta(j) - mean)
+            weights, s, total = _top_two(gram, where)
+            basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
+            for i in range(count):
+                xi = delta(i) - mean
+                basis[0].add_(xi, alpha=float(weights[i, 0]))
+                basis[1].add_(xi, alpha=float(weights[i, 1]))
+            basis /= s.sqrt()[:, None]
     # <x_i, d_k> = sqrt(s_k) V[i, k] for the centred x_i; the mean adds back the offset of the uncentred deltas.
     coords = weights * s.sqrt() + basis @ mean
     for k in range(2):

@@ -181,3 +181,20 @@ def test_pca_of_the_run_checkpoints_or_another_trajectory(tmp_path: Path) -> Non
     assert elsewhere.trajectory is not None and elsewhere.trajectory.shape == (3, 2)
     assert elsewhere.explained is not None and sum(elsewhere.explained) == pytest.approx(1.0)  # 3 models: a plane
     assert not np.allclose(elsewhere.trajectory[:, 0], made.trajectory[:3, 0])
+
+
+def test_pca_shows_a_bar_over_the_checkpoints_only_when_asked(tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str]) -> None:
+    model = tiny()
+    target = perturbed(model, "weights")
+    (tmp_path / "checkpoints").mkdir()
+    for epoch in range(1, 5):
+        save_moved(model, tmp_path / "checkpoints" / f"epoch_{epoch:03d}.pt", seed=epoch, scale=1.0 / epoch)
+    cfg = DirectionConfig(kind="pca", **GEOMETRY)
+    silent = make_directions(cfg, model, target, 2, tmp_path)
+    assert capfd.readouterr() == ("", "")
+    shown = make_directions(cfg, model, target, 2, tmp_path, progress=True)
+    err = capfd.readouterr().err
+    assert "pca trajectory" in err and "4/4" in err
+    assert shown.trajectory is not None and silent.trajectory is not None
+    assert np.array_equal(shown.trajectory, silent.trajectory)

@@ -210,3 +210,17 @@ def test_pca_over_checkpoint_files_of_a_model(tmp_path: Path) -> None:
     assert result.coords.shape == (5, 2)
     assert [d.shape for d in result.directions[0]] == [model.weight.shape, model.bias.shape]
     assert 1.0 > result.explained[0] >= result.explained[1] > 0
+
+
+@pytest.mark.parametrize(("max_bytes", "loads"), [(1 << 30, 9), (1, 9 + 9 * 10 // 2 + 9)])
+def test_pca_progress_bar_counts_checkpoint_loads(capfd: pytest.CaptureFixture[str], max_bytes: int,
+                                                  loads: int) -> None:
+    final, states, _, _ = synthetic_trajectory(9)
+    silent, _ = pca(states, final, max_bytes=max_bytes)
+    assert capfd.readouterr() == ("", "")
+    shown = trajectory_pca(NAMES, states.__getitem__, len(states), final, where="the test run", max_bytes=max_bytes,
+                           progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and "pca trajectory" in err and f"{loads}/{loads}" in err
+    assert np.array_equal(shown.coords, silent.coords) and shown.explained == silent.explained
+    assert all(torch.equal(a, b) for d, e in zip(shown.directions, silent.directions) for a, b in zip(d, e))
