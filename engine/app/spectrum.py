@@ -69,7 +69,8 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             params = hessian_params(perturbed(model, d.over, d.include, d.exclude, d.frozen).tensors)
             say(f"spectrum of {cfg.model.name} at theta* over {sum(items_in(b) for b in batches)} samples "
                 f"({sum(p.numel() for p in params)} parameters, {env.world_size} rank(s))")
-            spectrum = compute_spectrum(model, params, batches, cfg.hessian, env, loss)
+            spectrum = compute_spectrum(model, params, batches, cfg.hessian, env, loss,
+                                        progress=cfg.eval.progress and env.is_main)
             computed = spectrum
 
             def write() -> None:

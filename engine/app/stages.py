@@ -190,9 +190,10 @@ def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors,
     """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
     def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
-                                  loss or make_loss(cfg.loss))
+                                  loss or make_loss(cfg.loss), progress=cfg.eval.progress and env.is_main)
 
-    return make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes)
+    return make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
+                           progress=cfg.eval.progress and env.is_main)
 
 
 def agree_across_ranks(env: DistEnv, model: nn.Module, made: Directions) -> str:
@@ -336,7 +337,8 @@ def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianB
         say("spectrum: already in the store with these hessian settings")
         return
     say(f"spectrum at theta*: top {h.top_k} eigenpairs, traces, SLQ density ({env.world_size} rank(s))")
-    spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env, loss or make_loss(cfg.loss))
+    spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env, loss or make_loss(cfg.loss),
+                                progress=cfg.eval.progress and env.is_main)
     on_main(env, lambda: write_spectrum(store, spectrum, settings))
     barrier()
 
@@ -358,7 +360,8 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     epsilon = cast(float, s.epsilon)  # set: run_landscape runs this stage only when summary.epsilon is
-    result = epsilon_sharpness(mean_loss, params, epsilon, s.epsilon_steps, seed=cfg.direction.seed)
+    result = epsilon_sharpness(mean_loss, params, epsilon, s.epsilon_steps, seed=cfg.direction.seed,
+                               progress=cfg.eval.progress and env.is_main)
     set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
 
 
