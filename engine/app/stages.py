@@ -371,9 +371,17 @@ def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:
 
 
 def figures_stage(cfg: RunConfig, store: Path) -> list[Path]:
-    """Every figure of the store into <run dir>/figures (rank 0), unless plot.enabled is off."""
+    """Every figure of the store into <run dir>/figures, the interactive page and <run dir>/report.html, and with
+    plot.vtk the ParaView files into <run dir>/vtk (rank 0), unless plot.enabled is off."""
     if not cfg.plot.enabled:
         return []
-    from engine.figures.draw import draw  # matplotlib (0.6 s to import) only for runs that draw
+    from engine.figures.draw import draw, draw_report  # matplotlib (0.6 s to import) only for runs that draw
 
-    return draw(store, run_dir_of(cfg) / "figures", cfg.plot)
+    figures = draw(store, run_dir_of(cfg) / "figures", cfg.plot)
+    if cfg.plot.vtk:
+        from engine.figures.vtk import export_vtk
+
+        figures += export_vtk(store, run_dir_of(cfg) / "vtk", log=cfg.plot.log_scale)
+    if cfg.plot.html:
+        figures.append(draw_report(store, run_dir_of(cfg), figures))
+    return figures

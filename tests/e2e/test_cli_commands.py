@@ -28,10 +28,19 @@ def test_default_command_makes_store_summary_figures_and_replot(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "config.json").exists()
     for fmt in ("png", "pdf"):
         assert {p.stem for p in (run_dir / "figures").glob(f"*.{fmt}")} >= FIGURES
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["ranks"] == 1 and provenance["wall_seconds"] > 0 and provenance["devices"][0].count("cpu")
+    report, page = run_dir / "report.html", run_dir / "figures" / "landscape.html"
+    assert "report:  " in done.stdout and report.stat().st_size > 10_000 and page.stat().st_size > 1_000_000
     again = run_cli("plot_main", str(run_dir / "landscape.zarr"), "--log", "--out", str(tmp_path / "redraw"),
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "complete" in again.stdout and (tmp_path / "redraw" / "contourf.png").stat().st_size > 1000
+    assert (tmp_path / "redraw" / "landscape.html").is_file()
+    report.unlink()
+    folder = run_cli("plot_main", str(run_dir), "--levels", "quantile", cwd=tmp_path)  # a run folder: its report
+    assert folder.returncode == 0, folder.stderr
+    assert report.is_file()
     train = run_cli("train_main", *args, cwd=tmp_path)
     assert train.returncode == 0 and "reusing trained weights" in train.stdout
 
