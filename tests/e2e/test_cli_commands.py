@@ -18,7 +18,7 @@ FIGURES = {"contour", "contourf", "heatmap", "surface3d", "accuracy_heatmap"}
 
 def test_default_command_makes_store_summary_figures_and_replot(tmp_path):
     args = [a for a in TINY if not a.startswith("plot.")]
-    done = run_cli("main", *args, cwd=tmp_path)
+    done = run_cli("main", *args, "plot.vtk=true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "runs" / "resnet8-digits"
     assert f"store:   {run_dir.relative_to(tmp_path)}/landscape.zarr" in done.stdout
@@ -28,6 +28,7 @@ def test_default_command_makes_store_summary_figures_and_replot(tmp_path):
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "config.json").exists()
     for fmt in ("png", "pdf"):
         assert {p.stem for p in (run_dir / "figures").glob(f"*.{fmt}")} >= FIGURES
+    assert (run_dir / "vtk" / "surface.vts").stat().st_size > 1000  # plot.vtk: the ParaView file
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["ranks"] == 1 and provenance["wall_seconds"] > 0 and provenance["devices"][0].count("cpu")
     report, page = run_dir / "report.html", run_dir / "figures" / "landscape.html"
