@@ -31,6 +31,10 @@ COLUMNS = [
     ("local minima", lambda s: s["convexity"]["local_minima"]),
     ("surface sharpness", lambda s: s.get("sharpness", {}).get("surface")),
     ("eps-sharpness %", lambda s: (s.get("sharpness", {}).get("epsilon") or {}).get("sharpness")),
+    ("adaptive worst", lambda s: (s.get("sharpness", {}).get("adaptive") or {}).get("worst")),
+    ("adaptive avg", lambda s: (s.get("sharpness", {}).get("adaptive") or {}).get("average")),
+    ("asymmetry x", lambda s: ((s.get("sharpness", {}).get("asymmetry") or {}).get("x") or {}).get("index")),
+    ("asymmetry y", lambda s: ((s.get("sharpness", {}).get("asymmetry") or {}).get("y") or {}).get("index")),
 ]
 
 

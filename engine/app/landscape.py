@@ -87,7 +87,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             tiles = stages.sweep_stage(runner, levels, store, cfg, env)
             if cfg.hessian.spectrum:
                 stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
-            if cfg.summary.epsilon is not None:
+            if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
                 on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
         ranks = ranks_and_devices(env)

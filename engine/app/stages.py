@@ -22,6 +22,7 @@ from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_main, tensors_hash
 from engine.core.errors import UserError
 from engine.core.hostalloc import keep_freed_memory
+from engine.curvature.adaptive import adaptive_sharpness
 from engine.curvature.sharpness import epsilon_sharpness
 from engine.curvature.spectra import (
     CURVATURE_METRICS,
@@ -344,14 +345,12 @@ def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianB
 
 
 def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss) -> None:
-    """Keskar et al.'s epsilon-sharpness at theta* into the store's attributes (summary.json reads it there)."""
+    """Keskar et al.'s epsilon-sharpness and the adaptive sharpness (worst case and average) at theta* into the
+    store's attributes (summary.json reads them there); each is skipped when off or already in the store."""
     s = cfg.summary
     samples = held(subsample(split, s.sharpness_samples, cfg.data.seed))
     batches = device_batches(samples, 256, env.device)
     count = len(samples)
-    old = get_attribute(store, "epsilon_sharpness") or {}
-    if (old.get("epsilon"), old.get("steps"), old.get("samples")) == (s.epsilon, s.epsilon_steps, count):
-        return  # already in the store (a resumed or repeated run)
 
     def mean_loss() -> torch.Tensor:  # the loss summed over every batch, over the items (tokens, samples) summed
         parts = [loss.autograd(model, batch) for batch in batches]
@@ -359,10 +358,21 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
 
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     model.eval()
-    epsilon = cast(float, s.epsilon)  # set: run_landscape runs this stage only when summary.epsilon is
-    result = epsilon_sharpness(mean_loss, params, epsilon, s.epsilon_steps, seed=cfg.direction.seed,
-                               progress=cfg.eval.progress and env.is_main)
-    set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
+    show = cfg.eval.progress and env.is_main
+    old = get_attribute(store, "epsilon_sharpness") or {}
+    if s.epsilon is not None and (old.get("epsilon"), old.get("steps"), old.get("samples")) != (
+            s.epsilon, s.epsilon_steps, count):
+        result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed,
+                                   progress=show)
+        set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
+    settings = {"radius": s.adaptive_radius, "norm": s.adaptive_norm, "steps": s.adaptive_steps,
+                "average_radius": s.adaptive_average_radius, "samples": s.adaptive_samples, "eval_samples": count}
+    old = get_attribute(store, "adaptive_sharpness") or {}
+    if s.adaptive_radius is not None and old.get("settings") != settings:
+        adaptive = adaptive_sharpness(mean_loss, params, s.adaptive_radius, s.adaptive_norm, s.adaptive_steps,
+                                      s.adaptive_average_radius, s.adaptive_samples, seed=cfg.direction.seed,
+                                      progress=show)
+        set_attribute(store, "adaptive_sharpness", {**adaptive, "eval_samples": count, "settings": settings})
 
 
 def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:

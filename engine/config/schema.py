@@ -309,9 +309,21 @@ class SummaryConfig:
     sharpness_radius: float = 0.25  # surface sharpness: max loss rise within |coords| <= radius, over 1 + loss
     epsilon: float | None = 1e-3  # Keskar et al.'s epsilon-sharpness box size (None: not computed)
     epsilon_steps: int = 20  # projected gradient ascent steps of epsilon-sharpness
-    sharpness_samples: int | None = 512  # eval samples epsilon-sharpness is computed on (None: all)
+    sharpness_samples: int | None = 512  # eval samples epsilon- and adaptive sharpness are computed on (None: all)
+    adaptive_radius: float | None = 0.01  # adaptive sharpness: worst case over ||u||_p <= radius, delta = |theta| u
+    adaptive_norm: str = "inf"  # p of the worst case's ball: inf (each weight moves by at most radius x |weight|) | 2
+    adaptive_steps: int = 20  # ascent steps of the worst case
+    adaptive_average_radius: float | None = 0.01  # average case: u ~ N(0, radius^2) per weight (None: not computed)
+    adaptive_samples: int = 32  # Monte Carlo draws of the average case
 
     def __post_init__(self) -> None:
+        _check_choice("summary.adaptive_norm", self.adaptive_norm, ("inf", "2"))
+        for key in ("adaptive_radius", "adaptive_average_radius"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise UserError(f"summary.{key}={value} must be > 0 (or null: not computed)")
+        if self.adaptive_steps < 1 or self.adaptive_samples < 2:
+            raise UserError("summary.adaptive_steps must be >= 1 and summary.adaptive_samples >= 2")
         if self.epsilon is not None and not self.epsilon > 0:
             raise UserError(f"summary.epsilon={self.epsilon} must be > 0 (or null: no epsilon-sharpness)")
         if self.epsilon_steps < 1 or self.sharpness_radius <= 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,3 +111,29 @@ def surface_sharpness(loss: np.ndarray, coords: tuple[np.ndarray, ...], radius: 
     if window.size == 0:
         return None
     return float((window.max() - center_value) / (1.0 + center_value))
+
+
+def valley_asymmetry(loss: np.ndarray, coords: tuple[np.ndarray, ...]) -> dict[str, Any] | None:
+    """He et al. (2019)'s valley asymmetry along each swept direction, about the centre (theta*): at every distance r
+    the grid has on both sides, the rises L(+r) - L(0) and L(-r) - L(0); the index is their normalized difference
+    (sum rise+ - sum rise-) / (sum rise+ + sum rise-) in [-1, 1]: 0 symmetric, > 0 steeper on the positive side.
+    None when the centre is not finite; an axis with no finite pair is left out."""
+    loss = np.asarray(loss, dtype=np.float64)
+    axes = [np.asarray(c, dtype=np.float64).reshape(-1) for c in coords]
+    center = tuple(int(np.argmin(np.abs(a))) for a in axes)
+    if loss.ndim != len(axes) or not np.isfinite(loss[center]):
+        return None
+    out: dict[str, Any] = {}
+    for k, (axis, name) in enumerate(zip(axes, ("x", "y"))):
+        line = loss[tuple(slice(None) if j == k else center[j] for j in range(loss.ndim))]
+        c = center[k]
+        pairs = [(line[c + i] - line[c], line[c - i] - line[c]) for i in range(1, min(c, len(line) - 1 - c) + 1)
+                 if np.isfinite(line[c + i]) and np.isfinite(line[c - i])]
+        if not pairs:
+            continue
+        plus, minus = (float(sum(p[j] for p in pairs)) for j in (0, 1))
+        total = abs(plus) + abs(minus)
+        out[name] = {"index": (plus - minus) / total if total > 0 else 0.0, "rise_plus": plus / len(pairs),
+                     "rise_minus": minus / len(pairs), "radius": float(axis[c + len(pairs)] - axis[c]),
+                     "pairs": len(pairs)}
+    return out or None

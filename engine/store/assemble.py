@@ -14,7 +14,7 @@ from typing import Any, SupportsIndex
 
 import numpy as np
 
-from engine.curvature.sharpness import surface_sharpness
+from engine.curvature.sharpness import surface_sharpness, valley_asymmetry
 from engine.store.read import Surface, read_surface
 
 
@@ -45,7 +45,9 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
     }
     out["convexity"] = convexity(loss, coords)
     out["sharpness"] = {"radius": sharpness_radius, "surface": surface_sharpness(loss, coords, sharpness_radius),
-                        "epsilon": surface.attrs.get("epsilon_sharpness")}
+                        "epsilon": surface.attrs.get("epsilon_sharpness"),
+                        "adaptive": surface.attrs.get("adaptive_sharpness"),
+                        "asymmetry": valley_asymmetry(loss, coords)}
     if "hessian/ratio" in surface.metrics:
         out["curvature"] = curvature_summary(surface, center)
     return out
