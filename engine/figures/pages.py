@@ -17,11 +17,13 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from engine.figures import common
+from engine.sources.losses import is_stderr, stderr_name
 
 SCALE = "Viridis"
 SIGNED = "RdBu_r"
 CURVATURE_NAMES = {"hessian/lambda_max": "lambda_max", "hessian/lambda_min": "lambda_min",
-                   "hessian/ratio": "|lambda_min / lambda_max|"}
+                   "hessian/ratio": "|lambda_min / lambda_max|", "loss_stderr": "standard error of the loss"}
+BAND = 2.0  # error bars of the 1D page: +- this many standard errors (as the line figure's band)
 
 
 def capped(values: np.ndarray, clip: float | None, auto: bool) -> np.ndarray:
@@ -50,7 +52,7 @@ def surface_figures(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarr
                     labels: Sequence[str], clip: float | None, log_default: bool,
                     markers: Mapping[str, Sequence[float]], path: np.ndarray | None) -> list[tuple[str, go.Figure]]:
     """The 2D page's figures: 3D surface and contour map of the loss (each with a linear/log toggle), then a map
-    of every other metric and the curvature maps."""
+    of every other metric, the loss's standard error and the curvature maps."""
     x, y = (np.asarray(c, dtype=float) for c in coords)
     loss = capped(metrics["loss"], clip, auto=True)
     finite = loss[np.isfinite(loss)]
@@ -85,7 +87,7 @@ def surface_figures(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarr
             toggle(fig, lin, lg, lin_bar, log_bar, use_log, kind)
         out.append((f"loss-{kind}", fig))
     for name, values in metrics.items():
-        if name == "loss":
+        if name == "loss" or (is_stderr(name) and name != "loss_stderr"):
             continue
         signed = name == "hessian/lambda_min" or (name == "hessian/lambda_max" and np.nanmin(values) < 0)
         fig = go.Figure(go.Heatmap(x=x, y=y, z=capped(values, None, auto=False).T, customdata=data,
@@ -114,7 +116,9 @@ def toggle(fig: go.Figure, lin: np.ndarray, lg: np.ndarray, lin_bar: dict[str, A
 
 def add_markers(fig: go.Figure, kind: str, x: np.ndarray, y: np.ndarray, z: np.ndarray | None,
                 markers: Mapping[str, Sequence[float]], path: np.ndarray | None) -> None:
-    """The named models as stars and the projected trajectory as a line, on the map or on the surface."""
+    """The named models as stars and the projected trajectory as a line, on the map or on the surface (their legend
+    below the plot, clear of the colour bar)."""
+    fig.update_layout(legend={"orientation": "h", "x": 0.0, "y": -0.12, "yanchor": "top"})
     def height(px: float, py: float) -> float:
         if z is None:
             return 0.0
@@ -142,15 +146,17 @@ def add_markers(fig: go.Figure, kind: str, x: np.ndarray, y: np.ndarray, z: np.n
 
 def line_figures(x: np.ndarray, metrics: Mapping[str, np.ndarray], *, title: str, label: str, clip: float | None,
                  log_default: bool, markers: Mapping[str, Sequence[float]]) -> list[tuple[str, go.Figure]]:
-    """The 1D page: loss (left axis, a linear/log toggle) and accuracy (right axis), each other metric below."""
+    """The 1D page: loss (left axis, a linear/log toggle) and accuracy (right axis), each other metric below; a
+    metric with standard errors has error bars of +-BAND of them."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     loss = capped(metrics["loss"], clip, auto=False)
-    fig.add_trace(go.Scatter(x=x, y=loss, mode="lines+markers", name="loss",
+    fig.add_trace(go.Scatter(x=x, y=loss, mode="lines+markers", name="loss", error_y=error_bars(metrics, "loss"),
                              hovertemplate=f"{label} = %{{x:.4g}}<br>loss = %{{y:.5g}}<extra></extra>"))
     if "accuracy" in metrics:
         fig.add_trace(go.Scatter(x=x, y=np.asarray(metrics["accuracy"], dtype=float), mode="lines+markers",
-                                 name="accuracy", hovertemplate=f"{label} = %{{x:.4g}}<br>accuracy = %{{y:.4f}}"
-                                                                "<extra></extra>"), secondary_y=True)
+                                 name="accuracy", error_y=error_bars(metrics, "accuracy"),
+                                 hovertemplate=f"{label} = %{{x:.4g}}<br>accuracy = %{{y:.4f}}<extra></extra>"),
+                      secondary_y=True)
     for name, point in markers.items():
         fig.add_vline(x=float(point[0]), line_dash="dash", annotation_text=name)
     finite = loss[np.isfinite(loss)]
@@ -167,13 +173,23 @@ def line_figures(x: np.ndarray, metrics: Mapping[str, np.ndarray], *, title: str
                                              "args": [{"yaxis.type": "log"}]}]}])
     out = [("loss-line", fig)]
     for name, values in metrics.items():
-        if name in ("loss", "accuracy"):
+        if name in ("loss", "accuracy") or is_stderr(name):
             continue
-        other = go.Figure(go.Scatter(x=x, y=capped(values, None, auto=False), mode="lines+markers", name=name))
+        other = go.Figure(go.Scatter(x=x, y=capped(values, None, auto=False), mode="lines+markers", name=name,
+                                     error_y=error_bars(metrics, name)))
         other.update_layout(title={"text": f"{title}: {name}"}, height=420, xaxis={"title": {"text": label}},
                             yaxis={"title": {"text": name}})
         out.append((f"line-{name.replace('/', '-')}", other))
     return out
+
+
+def error_bars(metrics: Mapping[str, np.ndarray], name: str) -> dict[str, Any] | None:
+    """plotly error bars of +-BAND standard errors of a metric (its <name>_stderr), or None when it has none."""
+    se = metrics.get(stderr_name(name))
+    if se is None:
+        return None
+    bars = BAND * np.asarray(se, dtype=float)
+    return {"type": "data", "array": np.where(np.isfinite(bars), bars, np.nan), "visible": True, "thickness": 1}
 
 
 def comparison_figure(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]], metric: str,
