@@ -1,7 +1,9 @@
 """Losses and metrics: what a grid point's value is. A loss takes the model and one batch (any structure) and gives
-summed values (the loss, its metrics, the count of items they sum over); means are taken once over all batches, so
-there is no host sync per batch. Built in: cross_entropy (accuracy), mse, causal_lm (perplexity, token accuracy),
-and custom (a function of the config's choosing); engine/sources/loss_kinds.py holds the last three and make_loss.
+summed values (the loss, its metrics, the count of items they sum over) and, for every metric that is a mean over
+items, the sum of the squares of its per-item values (`sumsq/<metric>`); means and their standard errors
+(`<metric>_stderr`) are taken once over all batches, so there is no host sync per batch and no extra forward pass.
+Built in: cross_entropy (accuracy), mse, causal_lm (perplexity, token accuracy), and custom (a function of the
+config's choosing); engine/sources/loss_kinds.py holds the last three and make_loss.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine.core.errors import UserError
 from engine.sources.structure import Batch
 
-METRICS = ("loss", "accuracy")  # cross_entropy's: the default loss
+STDERR = "_stderr"  # suffix of a metric's standard-error array in a store: loss_stderr, accuracy_stderr
+SQUARES = "sumsq/"  # prefix, in Loss.sums, of a metric's summed squares of per-item values: sumsq/loss
+METRICS = ("loss", "accuracy", "loss_stderr", "accuracy_stderr")  # cross_entropy's arrays: the default loss
 
 Batches = Iterable[Batch]
 Model = Callable[..., Any]  # an nn.Module, or a functional call of one (the vmap path)
@@ -36,21 +41,53 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast("cuda", dtype=_DTYPES[precision])
 
 
-def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum over the batch of the cross-entropy of [N, C] float32 logits, summed in float64.
+def stderr_name(metric: str) -> str:
+    """The store's name of a metric's standard-error array (loss -> loss_stderr)."""
+    return metric + STDERR
+
+
+def is_stderr(name: str) -> bool:
+    """Whether a store array holds standard errors (figures and summaries draw them with their metric, not alone)."""
+    return name.endswith(STDERR)
+
+
+def standard_error(total: Any, squares: Any, count: Any) -> Any:
+    """Standard error of a mean from per-item sums: sqrt(s^2 / n) with s^2 = (sum x^2 - n mean^2) / (n - 1).
+
+    Numbers or numpy arrays (K points); NaN where it is undefined (one item, or a non-finite sum)."""
+    n = np.asarray(count, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.asarray(total, dtype=np.float64) / n
+        var = (np.asarray(squares, dtype=np.float64) - mean * mean * n) / (n - 1)
+        return np.where(np.isfinite(var) & (n > 1), np.sqrt(np.maximum(var, 0.0) / n), np.nan)
+
+
+def squares(items: torch.Tensor) -> torch.Tensor:
+    """Sum of the squares of per-item float32 values, in float64 (each square is exact there)."""
+    wide64 = items.double()
+    return (wide64 * wide64).sum(-1)
+
+
+def item_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each item's cross-entropy of [N, C] logits, float32 (summed_cross_entropy sums these).
 
     Each item's loss is log sum exp(z - max z) + (max z - z_y): two non-negative terms, so nothing cancels
-    however small the loss (subtracting two batch sums of size ~N log C loses digits on a trained model). For
-    large N it reduces over a [C, N] copy: reductions over a short inner class dimension are slow on CPUs
-    (about 3x at N = 1797, C = 10).
+    however small the loss. For large N it reduces over a [C, N] copy: reductions over a short inner class
+    dimension are slow on CPUs (about 3x at N = 1797, C = 10).
     """
     logits = logits.float()
     if logits.dim() != 2 or len(y) < _TRANSPOSED_FROM:
-        return F.cross_entropy(logits, y, reduction="none").sum(dtype=torch.float64)
+        return F.cross_entropy(logits, y, reduction="none")
     columns = logits.t().contiguous()  # no copy when the logits are a [C, N] product's view
     top = columns.amax(0)
     margin = top - columns.gather(0, y.unsqueeze(0)).squeeze(0)  # exactly 0 where y is the top class
-    return (columns - top).exp_().sum(0).log_().add_(margin).sum(dtype=torch.float64)
+    return (columns - top).exp_().sum(0).log_().add_(margin)
+
+
+def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of the cross-entropy of [N, C] float32 logits, summed in float64 (subtracting two batch
+    sums of size ~N log C instead would lose digits on a trained model)."""
+    return item_cross_entropy(logits, y).sum(dtype=torch.float64)
 
 
 def autograd_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,7 +140,9 @@ def describe(batch: Batch) -> str:
 
 class Loss:
     """A loss and its metrics over batches. `forward` calls the model on a batch; `sums` turns the output into summed
-    metrics and the item count; `means` divides once at the end; `autograd` is the differentiable summed loss."""
+    metrics, their per-item sums of squares and the item count; `means` divides once at the end (means and standard
+    errors); `autograd` is the differentiable summed loss. `metrics` names the store's arrays: the means, then the
+    `<metric>_stderr` of each metric whose per-item squares are summed."""
 
     name = "loss"
     metrics: tuple[str, ...] = ("loss",)
@@ -114,7 +153,8 @@ class Loss:
         return model(*args, **kwargs)
 
     def sums(self, out: Any, batch: Batch) -> Sums:
-        """{"loss": summed loss (float64), other summed metrics, "count": items summed over}."""
+        """{"loss": summed loss (float64), other summed metrics, "sumsq/<metric>": summed squares of the per-item
+        values of a metric that is a mean over items, "count": items summed over}."""
         raise NotImplementedError
 
     def stacked_sums(self, out: Any, batch: Batch, k: int) -> Sums:
@@ -122,9 +162,15 @@ class Loss:
         return torch.vmap(lambda o: self.sums(o, batch))(out)
 
     def means(self, sums: Mapping[str, Any]) -> dict[str, Any]:
-        """The reported metrics from the summed ones: every sum over the count."""
+        """The reported metrics from the summed ones: every sum over the count, and the standard errors."""
         count = sums["count"]
-        return {m: sums[m] / count for m in self.metrics}
+        out = {m: sums[m] / count for m in self.metrics if not is_stderr(m)}
+        return out | self.standard_errors(sums)
+
+    def standard_errors(self, sums: Mapping[str, Any]) -> dict[str, Any]:
+        """{<metric>_stderr: standard error of the metric's mean} for each such array in metrics."""
+        bases = [m.removesuffix(STDERR) for m in self.metrics if is_stderr(m)]
+        return {stderr_name(b): standard_error(sums[b], sums[SQUARES + b], sums["count"]) for b in bases}
 
     def autograd(self, model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | int]:
         """(summed loss that gradients and Hessian-vector products differentiate, item count)."""
@@ -148,16 +194,21 @@ class Loss:
 
 
 class CrossEntropy(Loss):
-    """Mean cross-entropy of [N, C] logits against integer labels, with accuracy (first maximum, as argmax)."""
+    """Mean cross-entropy of [N, C] logits against integer labels, with accuracy (first maximum, as argmax).
+
+    An item is a sample: the standard errors are those of the mean over samples (accuracy's items are 0 or 1)."""
 
     name = "cross_entropy"
     metrics = METRICS
 
     def sums(self, out: Any, batch: Batch) -> Sums:
-        """Summed float64 loss (no cancellation, see summed_cross_entropy) and correct predictions."""
+        """Summed float64 loss (no cancellation, see summed_cross_entropy), correct predictions, and their per-item
+        squares (a correct prediction's square is itself)."""
         logits, y = output_tensor(out), self.target(batch)
-        return {"loss": summed_cross_entropy(logits, y), "accuracy": (logits.max(1).indices == y).sum(),
-                "count": torch.tensor(len(y))}
+        per = item_cross_entropy(logits, y)
+        correct = (logits.max(1).indices == y).sum()
+        return {"loss": per.sum(dtype=torch.float64), "accuracy": correct, "count": torch.tensor(len(y)),
+                "sumsq/loss": squares(per), "sumsq/accuracy": correct}
 
     def target(self, batch: Batch) -> torch.Tensor:
         """The integer labels of a batch."""
@@ -166,9 +217,10 @@ class CrossEntropy(Loss):
     def stacked_sums(self, out: Any, batch: Batch, k: int) -> Sums:
         """K points at once: one cross-entropy over the [K * N, C] logits, summed per point in float64."""
         logits, y = output_tensor(out), self.target(batch)
-        per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none")
-        return {"loss": per.view(k, -1).sum(1, dtype=torch.float64), "accuracy": (logits.argmax(-1) == y).sum(1),
-                "count": torch.full((k,), len(y))}
+        per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none").view(k, -1)
+        correct = (logits.argmax(-1) == y).sum(1)
+        return {"loss": per.sum(1, dtype=torch.float64), "accuracy": correct, "count": torch.full((k,), len(y)),
+                "sumsq/loss": squares(per), "sumsq/accuracy": correct}
 
     def autograd(self, model: Model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | int]:
         """One fused float32 cross-entropy kernel over the batch (see autograd_cross_entropy)."""

@@ -1,5 +1,6 @@
-"""engine.sources.losses and loss_kinds: every loss's means against a float64 computation, causal_lm's padding,
--100 labels and perplexity, autograd's value and gradient, the vmap path, custom metrics, one-line refusals."""
+"""engine.sources.losses and loss_kinds: every loss's means and their standard errors against a float64 computation
+over the items, causal_lm's padding, -100 labels and perplexity, autograd's value and gradient, the vmap path, custom
+metrics (with and without per-item squares), one-line refusals."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from engine.sweep.vectorized import PointsEvaluator
 from hf_fixtures import save_tiny_lm, tiny_text
 
 SIZES = (5, 5, 2)  # batch sizes: the last batch is short
-KINDS = ("cross_entropy", "mse", "causal_lm", "custom")
+KINDS = ("cross_entropy", "mse", "causal_lm", "custom", "custom_se")
 TOKENS = 12
 
 
@@ -34,8 +35,18 @@ def squared_and_mae(model: nn.Module, batch: Any, scale: float = 1.0) -> tuple[A
     return scale * err.pow(2).mean(1).sum(), torch.ones_like(y[:, 0]).sum(), {"mae": err.abs().mean(1).sum()}
 
 
-def custom_loss() -> Loss:
-    return make_loss(LossConfig(name="custom", _target_=f"{__name__}.squared_and_mae", kwargs={"scale": 0.5}))
+def squared_and_mae_with_squares(model: nn.Module, batch: Any, scale: float = 1.0) -> tuple[Any, ...]:
+    """squared_and_mae with the fourth entry: the summed squares of each item's loss and mean abs error."""
+    x, y = batch
+    err = model(x) - y
+    loss, mae = scale * err.pow(2).mean(1), err.abs().mean(1)
+    count = torch.ones_like(y[:, 0]).sum()  # a tensor: the vmap path maps over the result
+    return loss.sum(), count, {"mae": mae.sum()}, {"loss": loss.pow(2).sum(), "mae": mae.pow(2).sum()}
+
+
+def custom_loss(squares: bool = False) -> Loss:
+    fn = "squared_and_mae_with_squares" if squares else "squared_and_mae"
+    return make_loss(LossConfig(name="custom", _target_=f"{__name__}.{fn}", kwargs={"scale": 0.5}))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +75,7 @@ def setup(kind: str, lm: nn.Module) -> tuple[nn.Module, list[Any], Loss]:
     target = (lambda n: torch.randint(0, outputs, (n,), generator=g)) if kind == "cross_entropy" else (
         lambda n: torch.randn(n, 3, generator=g))
     batches = [(torch.randn(n, 6, generator=g), target(n)) for n in SIZES]
-    loss = {"cross_entropy": CROSS_ENTROPY, "mse": MeanSquaredError()}.get(kind) or custom_loss()
+    loss = {"cross_entropy": CROSS_ENTROPY, "mse": MeanSquaredError()}.get(kind) or custom_loss(kind == "custom_se")
     loss.probe(model, batches[0])
     return model, batches, loss
 
@@ -84,17 +95,41 @@ def reference(kind: str, model64: nn.Module, batch: Any) -> dict[str, torch.Tens
         return {"loss": F.cross_entropy(out, y, reduction="sum"), "accuracy": (out.argmax(1) == y).sum(),
                 "count": torch.tensor(len(y))}
     err = out - y.double()
-    sums = {"loss": err.pow(2).mean(1).sum() * (0.5 if kind == "custom" else 1.0), "count": torch.tensor(len(y))}
-    return sums | ({"mae": err.abs().mean(1).sum()} if kind == "custom" else {})
+    custom = kind.startswith("custom")
+    sums = {"loss": err.pow(2).mean(1).sum() * (0.5 if custom else 1.0), "count": torch.tensor(len(y))}
+    return sums | ({"mae": err.abs().mean(1).sum()} if custom else {})
+
+
+def reference_items(kind: str, model64: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+    """One batch's float64 per-item values of every metric that is a mean over items (a causal LM's items are its
+    predicted tokens), computed directly."""
+    if kind == "causal_lm":
+        ids = batch["input_ids"]
+        logits = model64(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        target = batch.get("labels", ids.masked_fill(batch["attention_mask"] == 0, -100))[:, 1:]
+        keep = target != -100
+        per = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        return {"loss": per[keep], "accuracy": (logits.argmax(-1) == target)[keep].double()}
+    x, y = batch
+    out = model64(x.double())
+    if kind == "cross_entropy":
+        return {"loss": F.cross_entropy(out, y, reduction="none"), "accuracy": (out.argmax(1) == y).double()}
+    err = out - y.double()
+    custom = kind.startswith("custom")
+    items = {"loss": err.pow(2).mean(1) * (0.5 if custom else 1.0)}
+    return items | ({"mae": err.abs().mean(1)} if custom else {})
 
 
 def reference_means(kind: str, model: nn.Module, batches: list[Any]) -> dict[str, float]:
-    """The float64 means over all batches, on a float64 copy of model."""
+    """The float64 means over all batches' items, on a float64 copy of model, and the standard errors (sample
+    standard deviation over sqrt(n)) of those the loss reports them for."""
     model64 = copy.deepcopy(model).double()
     with torch.no_grad():
-        parts = [reference(kind, model64, b) for b in batches]
-    total = {k: sum(float(p[k]) for p in parts) for k in parts[0]}
-    means = {k: v / total["count"] for k, v in total.items() if k != "count"}
+        parts = [reference_items(kind, model64, b) for b in batches]
+    items = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+    means = {k: float(v.mean()) for k, v in items.items()}
+    if kind != "custom":  # a custom loss without per-item squares has no standard errors
+        means |= {f"{k}_stderr": float(v.std(ddof=1) / math.sqrt(len(v))) for k, v in items.items()}
     return means | ({"perplexity": math.exp(means["loss"])} if kind == "causal_lm" else {})
 
 
@@ -105,6 +140,7 @@ def test_evaluate_matches_float64_means_over_uneven_batches(kind: str, lm: nn.Mo
     want = reference_means(kind, model, batches)
     got = evaluate(model, batches, loss=loss)
     assert set(got) == set(want) == set(loss.metrics)
+    assert (kind == "custom") == (not any(m.endswith("_stderr") for m in got))
     for metric, value in want.items():
         assert got[metric] == pytest.approx(value, rel=1e-5), metric
 
@@ -211,6 +247,22 @@ def test_custom_loss_extra_metric_is_probed_and_averaged(lm: nn.Module) -> None:
     got = evaluate(model, batches, loss=loss)
     want = reference_means("custom", model, batches)
     assert set(got) == {"loss", "mae"} and got["mae"] == pytest.approx(want["mae"], rel=1e-5)
+    with_squares = custom_loss(squares=True)
+    assert with_squares.probe(model, batches[0]) == ("loss", "mae", "loss_stderr", "mae_stderr")
+
+
+def test_custom_loss_squares_of_unknown_metrics_or_changing_keys_are_refused_in_one_line() -> None:
+    """Summed squares must name the loss or one of its metrics, be a dict, and name the same ones on every batch."""
+    batch = (torch.randn(2, 6), torch.randn(2, 3))
+    linear = nn.Linear(6, 3)
+    one = torch.tensor(1.0)
+    refused(lambda: custom((one, 2, {}, {"mae": one})).probe(linear, batch), "mine.fn", "'mae'", "not the loss")
+    refused(lambda: custom((one, 2, {}, [one])).probe(linear, batch), "mine.fn", "fourth entry")
+    refused(lambda: custom((one, 2, {"loss_stderr": one})).probe(linear, batch), "mine.fn", "'loss_stderr'")
+    results = iter([(one, 2, {}, {"loss": one}), (one, 2, {}, {})])
+    changing = CustomLoss(lambda model, batch: next(results), "mine.fn", {})
+    changing.probe(linear, batch)
+    refused(lambda: evaluate(linear, [batch], loss=changing), "mine.fn", "on every batch")
 
 
 def refused(call: Callable[[], Any], *parts: str) -> None:
