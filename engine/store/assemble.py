@@ -2,8 +2,9 @@
 
 Numbers: the loss and its metrics (accuracy, ...) at the center (the point nearest the origin, theta*), the
 minimum and where it is, the basin width along each axis through the center at loss <= center + rise, and convexity
-figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane); with
-a Hessian curvature map or spectrum in the store, their numbers too.
+figures from finite differences of the surface (Li et al.'s |lambda_min / lambda_max|, on the plane); the error bars
+(basin depth in standard errors, minimum against centre) where the store holds standard errors; with a Hessian
+curvature map or spectrum in the store, their numbers too.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import numpy as np
 from engine.curvature.sharpness import surface_sharpness, valley_asymmetry
 from engine.store.read import Surface, read_surface
 
+NO_ERROR_BARS = "no per-item values: no error bars"  # summary.json's error_bars for a store without standard errors
+CORRELATED = ("conservative: both points are means over the same items, so their errors are as a rule positively "
+              "correlated and the standard error of their difference is smaller than this one, which adds the two in "
+              "quadrature as if they were independent")
+
 
 def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float = 0.25) -> dict[str, Any]:
     """Derive the summary numbers of a (possibly partial) surface; NaN marks points not computed."""
     loss, coords = surface.metrics["loss"], surface.coords
-    plain = [m for m in surface.metrics if not m.startswith("hessian/")]  # the loss's own metrics, loss first
+    plain = surface.plain()  # the loss's own metrics, loss first (no standard errors, no curvature maps)
     missing = [list(map(int, t)) for t in np.argwhere(~surface.done)]
     center = tuple(int(np.argmin(np.abs(c))) for c in coords)
     finite = np.isfinite(loss)
@@ -33,8 +39,9 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
         "nonfinite_points": int((~finite & ~np.isnan(loss)).sum()),
         "center": {"coords": _coords(coords, center), **{m: _num(surface.metrics[m][center]) for m in plain}},
     }
+    imin: tuple[int, ...] | None = None
     if finite.any():
-        imin = np.unravel_index(np.nanargmin(np.where(finite, loss, np.nan)), loss.shape)
+        imin = tuple(map(int, np.unravel_index(np.nanargmin(np.where(finite, loss, np.nan)), loss.shape)))
         out["minimum"] = {"coords": _coords(coords, imin), **{m: _num(surface.metrics[m][imin]) for m in plain}}
         if "accuracy" in surface.metrics:
             out["max_accuracy"] = _num(np.nanmax(np.where(finite, surface.metrics["accuracy"], np.nan)))
@@ -48,9 +55,67 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
                         "epsilon": surface.attrs.get("epsilon_sharpness"),
                         "adaptive": surface.attrs.get("adaptive_sharpness"),
                         "asymmetry": valley_asymmetry(loss, coords)}
+    out.update(error_bars(surface, center, imin))
     if "hessian/ratio" in surface.metrics:
         out["curvature"] = curvature_summary(surface, center)
     return out
+
+
+def error_bars(surface: Surface, center: tuple[int, ...], imin: tuple[int, ...] | None) -> dict[str, Any]:
+    """error_bars, basin_depth_se and minimum_vs_centre of summary.json from the `<metric>_stderr` arrays.
+
+    error_bars: the standard errors at the centre and the minimum and their median over the grid, per metric (or
+    NO_ERROR_BARS when the store has none). basin_depth_se: how deep the basin is in standard errors, (L_rim -
+    L_centre) / sqrt(se_rim^2 + se_centre^2), where the rim point is the lowest finite point on the grid's edge
+    (where the loss first spills out of the swept region). minimum_vs_centre: L_min - L_centre, its standard error
+    sqrt(se_min^2 + se_centre^2), z = difference / standard error, and whether |z| > 2. Both pool the two points'
+    standard errors as if independent, which is conservative (CORRELATED, the note of minimum_vs_centre).
+    """
+    se = surface.stderr("loss")
+    if se is None:
+        return {"error_bars": NO_ERROR_BARS, "basin_depth_se": None, "minimum_vs_centre": None}
+    loss, coords = surface.metrics["loss"], surface.coords
+    ses = {m: a for m in surface.plain() if (a := surface.stderr(m)) is not None}
+    bars: dict[str, Any] = {"metrics": list(ses), "center": {m: _num(a[center]) for m, a in ses.items()}}
+    if imin is not None:
+        bars["minimum"] = {m: _num(a[imin]) for m, a in ses.items()}
+    bars["median"] = {m: _median(a) for m, a in ses.items()}
+    rim = rim_point(loss)
+    depth = None
+    if rim is not None:
+        bars["rim"] = {"coords": _coords(coords, rim), "loss": _num(loss[rim]), "loss_stderr": _num(se[rim])}
+        depth = _z(loss[rim] - loss[center], se[rim], se[center])["z"]
+    versus = None
+    if imin is not None:
+        versus = _z(loss[imin] - loss[center], se[imin], se[center])
+        versus["significant"] = None if versus["z"] is None else bool(abs(versus["z"]) > 2)
+        versus["note"] = CORRELATED
+    return {"error_bars": bars, "basin_depth_se": depth, "minimum_vs_centre": versus}
+
+
+def rim_point(loss: np.ndarray) -> tuple[int, ...] | None:
+    """The grid's edge point (an end of a line, the border of a plane) with the lowest finite loss, or None."""
+    edge = np.zeros(loss.shape, bool)
+    for axis in range(loss.ndim):
+        index: list[Any] = [slice(None)] * loss.ndim
+        index[axis] = [0, -1]
+        edge[tuple(index)] = True
+    ok = edge & np.isfinite(loss)
+    if not ok.any():
+        return None
+    return tuple(map(int, np.unravel_index(np.nanargmin(np.where(ok, loss, np.nan)), loss.shape)))
+
+
+def _z(difference: Any, se_a: Any, se_b: Any) -> dict[str, Any]:
+    """A difference of two means, its (independent-errors) standard error and their ratio; None where undefined."""
+    d, se = _num(difference), _num(np.hypot(np.float64(se_a), np.float64(se_b)))
+    z = d / se if d is not None and se is not None and se > 0 else None
+    return {"difference": d, "stderr": se, "z": z}
+
+
+def _median(values: np.ndarray) -> float | None:
+    known = values[np.isfinite(values)]
+    return _num(np.median(known)) if known.size else None
 
 
 def curvature_summary(surface: Surface, center: tuple[int, ...]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The Zarr v3 store of one run: metric arrays chunked by tile, per-tile done flags, coordinates, directions.
 
-Layout (docs/architecture.md): `loss`, `accuracy` of the grid's shape with one chunk per tile; `done` with one
-flag (and one chunk) per tile, written after the tile's data; `x`, `y` coordinates; `directions/d<k>`
+Layout (docs/architecture.md): `loss`, `accuracy` of the grid's shape with one chunk per tile, and the standard
+errors of those that are means over items, `loss_stderr`, `accuracy_stderr`, chunked alike (stores made before
+them have none and keep none when resumed); `done` with one flag (and one chunk) per tile, written after the tile's
+data; `x`, `y` coordinates; `directions/d<k>`
 flat vectors with the tensor names and shapes in their attributes; `hessian/lambda_max`, `lambda_min`,
 `ratio` (curvature maps, when asked for) are chunked by tile like the metrics, and `hessian/` also holds
 the spectra at theta* (engine/store/spectra.py); `preview/` holds the same arrays for
@@ -42,7 +44,8 @@ class StoreSpec:
     shapes: list[tuple[int, ...]]
     directions: list[list[torch.Tensor]]
     fingerprint: str
-    metrics: tuple[str, ...] = METRICS  # arrays of the grid's shape; "hessian/..." ones for curvature maps
+    metrics: tuple[str, ...] = METRICS  # arrays of the grid's shape: "<m>_stderr" ones for standard errors,
+    # "hessian/..." ones for curvature maps
     attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes: markers, axis labels, ...
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # extra arrays, e.g. trajectory/coords
 

@@ -12,6 +12,7 @@ import zarr
 
 from engine.core.errors import UserError
 from engine.core.flat import unflatten
+from engine.sources.losses import is_stderr, stderr_name
 from engine.store.layout import level_group, open_existing
 
 
@@ -36,6 +37,15 @@ class Surface:
     metrics: dict[str, np.ndarray]
     done: np.ndarray
     attrs: dict[str, Any]
+
+    def stderr(self, metric: str) -> np.ndarray | None:
+        """The standard errors of a metric's mean at every point (`<metric>_stderr`), or None when the store has
+        none (a loss without per-item values, a metric that is no mean over items, a store made before them)."""
+        return self.metrics.get(stderr_name(metric))
+
+    def plain(self) -> list[str]:
+        """The loss's own metrics, loss first: neither standard errors nor hessian/ curvature maps."""
+        return [m for m in self.metrics if not m.startswith("hessian/") and not is_stderr(m)]
 
 
 def read_surface(path: str | Path, level: str = "") -> Surface:

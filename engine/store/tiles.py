@@ -7,6 +7,7 @@ from typing import cast
 import numpy as np
 import zarr
 
+from engine.sources.losses import is_stderr
 from engine.store.grid import GridPlan
 from engine.store.layout import level_group
 
@@ -22,9 +23,12 @@ def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tup
 def write_tile(
     root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
 ) -> None:
-    """Write one tile's metric chunks, then (only then) its done flag."""
+    """Write one tile's metric chunks, then (only then) its done flag. A store made before standard errors were
+    stored has no `<metric>_stderr` arrays: a resumed sweep leaves them out there rather than half-filling new ones."""
     group, sl = level_group(root, level), plan.tile_slices(tile)
     for metric, array in values.items():
+        if is_stderr(metric) and metric not in group:
+            continue
         cast(zarr.Array, group[metric])[sl] = array
     cast(zarr.Array, group["done"])[tuple(slice(i, i + 1) for i in tile)] = 1
 

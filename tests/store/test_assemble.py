@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.store.assemble import assemble, basin_width, convexity, local_minima, summarize
+from engine.store.assemble import CORRELATED, assemble, basin_width, convexity, local_minima, summarize
 from engine.store.read import Surface
 
 
@@ -63,3 +63,51 @@ def test_assemble_writes_summary_json(trained_run, tmp_path):
     on_disk = json.loads((tmp_path / "s.json").read_text())
     assert on_disk == json.loads(json.dumps(summary)) and on_disk["complete"]
     assert 0.0 <= on_disk["center"]["accuracy"] <= 1.0
+
+
+def _with_stderr(surface: Surface, loss_se: np.ndarray) -> Surface:
+    """The surface with loss_stderr and a constant accuracy_stderr, as a store of a loss with per-item values."""
+    metrics = {**surface.metrics, "loss_stderr": loss_se.astype(np.float32),
+               "accuracy_stderr": np.full_like(loss_se, 0.01, dtype=np.float32)}
+    return Surface(surface.coords, metrics, surface.done, surface.attrs)
+
+
+def test_error_bars_basin_depth_and_minimum_vs_centre_on_a_known_bowl():
+    """Bowl 1 + x^2 + 4 (y - 0.2)^2 on [-1, 1]^2 with loss_stderr 0.05 + 0.05 * (loss - 1): the rim's lowest points
+    are (+-1, 0.2) (loss 2, se 0.1; the first is reported), 0.84 above the centre (1.16, se 0.058); the minimum
+    (0, 0.2) lies 0.16 below the centre, with standard error hypot(0.05, 0.058) and z = -2.09: significant."""
+    bowl = _surface(lambda x, y: 1 + x**2 + 4 * (y - 0.2) ** 2)
+    s = summarize(_with_stderr(bowl, 0.05 + 0.05 * (bowl.metrics["loss"] - 1)))
+    assert set(s["center"]) == {"coords", "loss", "accuracy"}  # standard errors are not metrics of their own
+    bars = s["error_bars"]
+    assert bars["metrics"] == ["loss", "accuracy"] and "conservative" in s["minimum_vs_centre"]["note"]
+    assert bars["center"]["loss"] == pytest.approx(0.058, rel=1e-5) and bars["center"]["accuracy"] == pytest.approx(
+        0.01)
+    assert bars["minimum"]["loss"] == pytest.approx(0.05, rel=1e-5)
+    assert bars["rim"]["coords"] == pytest.approx([-1.0, 0.2]) and bars["rim"]["loss"] == pytest.approx(2.0)
+    assert bars["rim"]["loss_stderr"] == pytest.approx(0.1, rel=1e-5)
+    assert s["basin_depth_se"] == pytest.approx(0.84 / np.hypot(0.1, 0.058), rel=1e-5)
+    versus = s["minimum_vs_centre"]
+    assert versus["difference"] == pytest.approx(-0.16, rel=1e-5)
+    assert versus["stderr"] == pytest.approx(np.hypot(0.05, 0.058), rel=1e-5)
+    assert versus["z"] == pytest.approx(-0.16 / np.hypot(0.05, 0.058), rel=1e-5) and versus["significant"]
+    json.dumps(s, allow_nan=False)
+
+
+def test_minimum_at_the_centre_is_not_significant_and_a_line_has_its_ends_as_rim():
+    x = np.linspace(-1, 1, 11)
+    loss = (0.5 + x**2).astype(np.float32)
+    line = Surface((x,), {"loss": loss, "loss_stderr": np.full_like(loss, 0.2)}, np.ones(3, bool), {})
+    s = summarize(line)
+    assert s["minimum_vs_centre"] == {"difference": 0.0, "stderr": pytest.approx(np.hypot(0.2, 0.2)), "z": 0.0,
+                                      "significant": False, "note": CORRELATED}
+    assert s["error_bars"]["rim"]["coords"] in ([-1.0], [1.0])
+    assert s["basin_depth_se"] == pytest.approx(1.0 / np.hypot(0.2, 0.2), rel=1e-5)
+    no_spread = Surface((x,), {"loss": loss, "loss_stderr": np.zeros_like(loss)}, np.ones(3, bool), {})
+    assert summarize(no_spread)["minimum_vs_centre"]["z"] is None and summarize(no_spread)["basin_depth_se"] is None
+
+
+def test_a_surface_without_standard_errors_says_so_in_one_field():
+    s = summarize(_surface(lambda x, y: x**2 + y**2))
+    assert s["error_bars"] == "no per-item values: no error bars"
+    assert s["basin_depth_se"] is None and s["minimum_vs_centre"] is None

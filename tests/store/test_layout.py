@@ -73,8 +73,8 @@ def test_new_store_has_every_array_chunked_by_tile_and_the_attributes(tmp_path: 
     assert attrs["format"] == FORMAT and attrs["creating"] is False
     assert attrs["config"] == made.config and attrs["config_hash"] == config_hash(made.config)
     assert attrs["fingerprint"] == "f00d" and attrs["engine_version"] == engine.__version__
-    assert (attrs["dims"], attrs["tile"], attrs["levels"], attrs["metrics"]) == (["x", "y"], [3, 3], [PREVIEW],
-                                                                                  ["loss", "accuracy"])
+    assert (attrs["dims"], attrs["tile"], attrs["levels"], attrs["metrics"]) == (
+        ["x", "y"], [3, 3], [PREVIEW], ["loss", "accuracy", "loss_stderr", "accuracy_stderr"])
     assert attrs["markers"] == {"theta*": [0.0, 0.0]}
     for k, direction in enumerate(made.directions):
         arr = root[f"directions/d{k}"]
@@ -220,7 +220,7 @@ def test_read_back_surfaces_arrays_and_directions(tmp_path: Path) -> None:
     surface = read_surface(path)
     for got, want in zip(surface.coords, full.coords):
         np.testing.assert_array_equal(got, want)
-    assert set(surface.metrics) == {"loss", "accuracy"} and surface.metrics["loss"].shape == (9, 8)
+    assert set(surface.metrics) == set(METRICS) and surface.metrics["loss"].shape == (9, 8)
     assert (surface.metrics["loss"][0:3, 3:6] == 4.0).all() and np.isnan(surface.metrics["loss"]).sum() == 72 - 9
     assert surface.done.dtype == bool and surface.done.tolist() == [[False, True, False]] + [[False] * 3] * 2
     assert surface.attrs["fingerprint"] == "f00d"
@@ -241,3 +241,20 @@ def test_read_back_surfaces_arrays_and_directions(tmp_path: Path) -> None:
         read_surface(line, PREVIEW)
     with pytest.raises(UserError, match="is not a landscape store"):
         read_surface(tmp_path / "nothing.zarr")
+
+
+def test_store_made_before_standard_errors_reopens_and_keeps_none(tmp_path: Path) -> None:
+    """A store of ("loss", "accuracy") (as made before standard errors) is reopened by today's spec, which lists
+    loss_stderr and accuracy_stderr: no refusal, and a tile holding standard errors writes only the arrays the store
+    has (none half-filled)."""
+    path = tmp_path / "landscape.zarr"
+    before = spec(metrics=("loss", "accuracy"))
+    plan = before.levels[""]
+    write_tile(open_store(path, before), plan, (0, 0), tile_values(plan, (0, 0), 1.0))
+    root = open_store(path, spec())
+    shape = plan.tile_shape((1, 1))
+    with_se = tile_values(plan, (1, 1), 2.0) | {"loss_stderr": np.full(shape, 0.1, np.float32),
+                                                 "accuracy_stderr": np.full(shape, 0.01, np.float32)}
+    write_tile(root, plan, (1, 1), with_se)
+    assert root.attrs["metrics"] == ["loss", "accuracy"] and "loss_stderr" not in root
+    assert root["done"][1, 1] == 1 and root["loss"][plan.tile_slices((1, 1))].max() == 2.0
