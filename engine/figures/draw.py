@@ -11,8 +11,9 @@ import numpy as np
 
 from engine.config.schema import PlotConfig
 from engine.curvature.spectra import CURVATURE_METRICS
-from engine.figures.curvature import draw_curvature_maps, draw_density, draw_eigenvalues
+from engine.figures.curvature import draw_curvature_maps, draw_spectrum
 from engine.figures.surfaces import draw_surfaces
+from engine.sources.losses import STDERR
 from engine.store.grid import PREVIEW
 from engine.store.read import Surface, read_array, read_surface
 from engine.store.spectra import read_spectrum
@@ -43,7 +44,8 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
     markers = surface.attrs.get("markers") or {"theta*": [0.0 for _ in surface.coords]}
     markers = {name: tuple(point) for name, point in markers.items()}
-    m = {k: v for k, v in surface.metrics.items() if metrics is None or k in metrics or k == "loss"}
+    chosen = None if metrics is None else {"loss", *metrics}  # a chosen metric's standard errors come with it
+    m = {k: v for k, v in surface.metrics.items() if chosen is None or k in chosen or k.removesuffix(STDERR) in chosen}
     formats = list(plot.formats)
     labels = surface.attrs.get("axis_labels", ["d1", "d2"])
     trajectory = read_array(store_path, "trajectory/coords") if len(surface.coords) == 2 else None
@@ -57,10 +59,9 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
                                      formats=formats, title=title, markers=markers)
     spectrum = read_spectrum(store_path)
     if spectrum is not None:
-        name = f"{conf['model']['name']} on {conf['data']['name']}, Hessian at theta*"
-        paths += draw_density(spectrum.grid, spectrum.density, out_dir, formats=formats, title=name)
-        paths += draw_eigenvalues(spectrum.eigenvalues, out_dir, formats=formats, title=name,
-                                  lambda_min=spectrum.lambda_min)
+        matrix = "GGN" if spectrum.matrix == "ggn" else "Hessian"
+        name = f"{conf['model']['name']} on {conf['data']['name']}, {matrix} at theta*"
+        paths += draw_spectrum(spectrum, out_dir, formats=formats, title=name)
     if plot.html:
         paths.append(draw_page(store_path, out_dir, plot))
     return paths

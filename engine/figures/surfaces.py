@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.ticker import MaxNLocator
 
 from engine.figures import common
+from engine.sources.losses import is_stderr, stderr_name
 
 if TYPE_CHECKING:
     from mpl_toolkits.mplot3d import Axes3D
@@ -24,21 +26,30 @@ if TYPE_CHECKING:
 def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, title: str, label: str,
              log_scale: bool, clip: float | None, formats: Sequence[str],
              markers: Mapping[str, tuple[float, ...]]) -> list[Path]:
-    """line.fmt (loss left, accuracy on a twin right axis) and <name>_line.fmt for every other metric."""
+    """line.fmt (loss left, accuracy on a twin right axis) and <name>_line.fmt for every other metric; a metric with
+    standard errors (<name>_stderr) is drawn with a band of +-BAND of them."""
     paths: list[Path] = []
     figures = {"line": [m for m in ("loss", "accuracy") if m in metrics]}
-    figures.update({f"{m}_line": [m] for m in metrics if m not in ("loss", "accuracy")})
+    figures.update({f"{m}_line": [m] for m in metrics if m not in ("loss", "accuracy") and not is_stderr(m)})
     for stem, names in figures.items():
         if not names:
             continue
         fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
         axes = [ax, ax.twinx()] if len(names) == 2 else [ax]
-        handles, shown = [], 0
+        handles: list[Artist] = []
+        shown = 0
         for k, (name, axis) in enumerate(zip(names, axes)):
             is_loss = name == "loss"
             # no automatic cap on a line: it would flatten real values (an extrapolated interpolation, say)
             y = common.prepare(metrics[name], clip if is_loss else None, log_scale and is_loss, auto=False)
             handles += axis.plot(x, y, color=f"C{k}", marker=".", label=name)
+            se = metrics.get(stderr_name(name))
+            if se is not None:
+                raw = np.asarray(metrics[name], dtype=float)
+                lo, hi = (common.prepare(raw + sign * BAND * np.asarray(se, dtype=float), clip if is_loss else None,
+                                         log_scale and is_loss, auto=False) for sign in (-1, 1))
+                handles.append(axis.fill_between(x, lo.filled(np.nan), hi.filled(np.nan), color=f"C{k}", alpha=0.25,
+                                                 lw=0, label=f"{name} \u00b1{BAND:g} s.e."))
             axis.set_ylabel(name, color=f"C{k}")
             shown += y.count()
             if log_scale and is_loss and y.count():
@@ -55,21 +66,29 @@ def _draw_1d(x: np.ndarray, metrics: Mapping[str, np.ndarray], out_dir: Path, ti
     return paths
 
 
+BAND = 2.0  # the 1D line's band: +- this many standard errors (about 95% of the means a resample would give)
+STDERR_MAP = "loss_stderr"  # the one standard-error map drawn on a plane (loss_stderr_heatmap)
+
+
 def _draw_2d(coords: Sequence[np.ndarray], metrics: Mapping[str, np.ndarray], out_dir: Path, title: str,
              labels: Sequence[str], log_scale: bool, clip: float | None, formats: Sequence[str],
              markers: Mapping[str, tuple[float, ...]], path: np.ndarray | None = None, levels_kind: str = "log",
              n_levels: int = common.N_LEVELS) -> list[Path]:
     """contour/contourf/heatmap/surface3d for loss and <name>_heatmap for every other metric; the loss's bands
-    follow levels_kind (on log10 values: linear), the other metrics' are linear."""
+    follow levels_kind (on log10 values: linear), the other metrics' are linear. Of the standard errors, the loss's
+    is drawn (loss_stderr_heatmap, capped and banded like the loss, since it grows with it far out)."""
     x, y = (np.asarray(c, dtype=float) for c in coords)
     paths: list[Path] = []
     for name, values in metrics.items():
+        if is_stderr(name) and name != STDERR_MAP:
+            continue
         is_loss = name == "loss"
+        loss_like = is_loss or name == STDERR_MAP
         use_log = log_scale and is_loss
-        z = common.masked_grid(values, clip if is_loss else None, use_log, auto=is_loss)
-        bands = levels_kind if is_loss and not use_log else "linear"
+        z = common.masked_grid(values, clip if is_loss else None, use_log, auto=loss_like)
+        bands = levels_kind if loss_like and not use_log else "linear"
         levels = common.contour_levels(z, bands, n_levels) if min(z.shape) >= 2 else None
-        label = f"log10 {name}" if use_log else name
+        label = f"log10 {name}" if use_log else "standard error of the loss" if name == STDERR_MAP else name
         kinds = ("contour", "contourf", "heatmap", "surface3d") if is_loss else ("heatmap",)
         for kind in kinds:
             stem = kind if is_loss else f"{name}_heatmap"
@@ -158,8 +177,9 @@ def draw_surfaces(
 ) -> list[Path]:
     """Draw every figure of a 1D line or 2D plane into out_dir and return the files written.
 
-    1D: line.fmt (loss + accuracy on a twin axis), <name>_line.fmt for other metrics. 2D: contour, contourf, heatmap,
-    surface3d (loss), accuracy_heatmap and <name>_heatmap; `path` ([n, 2], a projected trajectory) is drawn over
+    1D: line.fmt (loss + accuracy on a twin axis), <name>_line.fmt for other metrics, each with a band of +-2
+    standard errors where metrics hold its <name>_stderr. 2D: contour, contourf, heatmap, surface3d (loss),
+    accuracy_heatmap, <name>_heatmap and loss_stderr_heatmap; `path` ([n, 2], a projected trajectory) is drawn over
     the 2D ones. Only loss is clipped (clip, else the automatic cap of
     `common.prepare`) and log-scaled; NaN/-inf are blank, +inf is drawn at the cap (other metrics: at their max).
     """
