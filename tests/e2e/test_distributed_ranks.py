@@ -1,6 +1,6 @@
-"""Real gloo ranks through torchrun: N-rank stores equal the 1-process store exactly, the timed batch size and K
-are rank 0's on every rank, a killed rank is survived by a rerun with identical numbers, and a second job on a
-live store is refused; submitit's local executor as a 2-task job equals the 1-process store too."""
+"""Real gloo ranks through torchrun: N-rank stores (standard errors included) equal the 1-process store exactly, the
+timed batch size and K are rank 0's on every rank, a killed rank is survived by a rerun with identical numbers, and a
+second job on a live store is refused; submitit's local executor as a 2-task job equals the 1-process store too."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def test_ranks_make_the_same_store_as_one_process(reference, nproc):
     assert done.returncode == 0, done.stdout + done.stderr
     run = cwd / "runs" / f"n{nproc}"
     assert_same_store(one / "landscape.zarr", run / "landscape.zarr")
+    for level in ("", PREVIEW):  # and the standard errors: each point's are its own rank's, over the whole eval set
+        ranks, single = read_surface(run / "landscape.zarr", level), read_surface(one / "landscape.zarr", level)
+        for metric in ("loss_stderr", "accuracy_stderr"):
+            assert np.isfinite(single.metrics[metric]).all() and (single.metrics[metric] > 0).all()
+            np.testing.assert_array_equal(ranks.metrics[metric], single.metrics[metric])
     logs = sorted(p.name for p in (run / "logs").iterdir())
     assert logs == [f"rank{r}.log" for r in range(nproc)]
     claimed = [len(re.findall(r"tile \(", (run / "logs" / f).read_text())) for f in logs]
