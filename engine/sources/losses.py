@@ -9,6 +9,7 @@ config's choosing); engine/sources/loss_kinds.py holds the last three and make_l
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from engine.sources.structure import Batch
 
 STDERR = "_stderr"  # suffix of a metric's standard-error array in a store: loss_stderr, accuracy_stderr
 SQUARES = "sumsq/"  # prefix, in Loss.sums, of a metric's summed squares of per-item values: sumsq/loss
-METRICS = ("loss", "accuracy", "loss_stderr", "accuracy_stderr")  # cross_entropy's arrays: the default loss
+METRICS: tuple[str, ...] = ("loss", "accuracy", "loss_stderr", "accuracy_stderr")  # cross_entropy's arrays
 
 Batches = Iterable[Batch]
 Model = Callable[..., Any]  # an nn.Module, or a functional call of one (the vmap path)
@@ -54,16 +55,23 @@ def is_stderr(name: str) -> bool:
 def standard_error(total: Any, squares: Any, count: Any) -> Any:
     """Standard error of a mean from per-item sums: sqrt(s^2 / n) with s^2 = (sum x^2 - n mean^2) / (n - 1).
 
-    Numbers or numpy arrays (K points); NaN where it is undefined (one item, or a non-finite sum)."""
-    n = np.asarray(count, dtype=np.float64)
+    Numbers (one point: plain floats, no numpy overhead per point) or numpy arrays (K points), the same float64
+    operations either way; NaN where it is undefined (one item, or a non-finite sum)."""
+    if isinstance(count, int | float):
+        n = float(count)
+        mean = float(total) / n
+        var = (float(squares) - mean * mean * n) / (n - 1) if n > 1 else math.nan
+        return math.sqrt(max(var, 0.0) / n) if math.isfinite(var) else math.nan
+    ns = np.asarray(count, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.asarray(total, dtype=np.float64) / n
-        var = (np.asarray(squares, dtype=np.float64) - mean * mean * n) / (n - 1)
-        return np.where(np.isfinite(var) & (n > 1), np.sqrt(np.maximum(var, 0.0) / n), np.nan)
+        means = np.asarray(total, dtype=np.float64) / ns
+        variances = (np.asarray(squares, dtype=np.float64) - means * means * ns) / (ns - 1)
+        return np.where(np.isfinite(variances) & (ns > 1), np.sqrt(np.maximum(variances, 0.0) / ns), np.nan)
 
 
 def squares(items: torch.Tensor) -> torch.Tensor:
-    """Sum of the squares of per-item float32 values, in float64 (each square is exact there)."""
+    """Sum of the squares of per-item float32 values, in float64 (each square is exact there); out of place, as
+    vmap has no batching rule for in-place squares."""
     wide64 = items.double()
     return (wide64 * wide64).sum(-1)
 
