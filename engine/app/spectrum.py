@@ -3,8 +3,9 @@
 Run: landscape-spectrum model=resnet20 data=synthetic hessian.samples=1024 hessian.top_k=10
      torchrun --nproc_per_node=4 -m engine.run_spectrum ...   (data-parallel Hessian-vector products)
 
-Writes the store's hessian/ group (top-k eigenpairs, SLQ density and quadrature), spectrum.json and the
-density and eigenvalue figures. The same command run again redraws without recomputing; other settings or
+Writes the store's hessian/ group (top-k eigenpairs with their Ritz bounds, SLQ density per run and quadrature,
+per-block curvature with hessian.blocks), spectrum.json (with the convergence flags) and the density, eigenvalue
+and block figures. The same command run again redraws without recomputing; other settings or
 other weights are refused unless store.overwrite=true.
 """
 
@@ -18,7 +19,7 @@ from engine.config.schema import RunConfig
 from engine.core.dist import check_same, on_main, process_group
 from engine.curvature.spectra import Spectrum, compute_spectrum, hessian_params, spectrum_json
 from engine.directions.vectors import perturbed
-from engine.figures.curvature import draw_density, draw_eigenvalues
+from engine.figures.curvature import draw_spectrum
 from engine.sources.checkpoints import state_fingerprint
 from engine.sources.data import load_data
 from engine.sources.structure import items_in
@@ -86,13 +87,20 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
 def outputs(cfg: RunConfig, spectrum: Spectrum, run_dir: Path, path: Path, say: stages.Say) -> None:
     """spectrum.json, the density and eigenvalue figures (plot.enabled) and the console lines (rank 0)."""
     spectrum_json(spectrum, run_dir / "spectrum.json")
-    title = f"{cfg.model.name} on {cfg.data.name}, Hessian at theta*"
+    matrix = "GGN" if spectrum.matrix == "ggn" else "Hessian"
+    title = f"{cfg.model.name} on {cfg.data.name}, {matrix} at theta*"
     figures = run_dir / "figures"
     formats = list(cfg.plot.formats)
     if cfg.plot.enabled:
-        draw_density(spectrum.grid, spectrum.density, figures, formats=formats, title=title)
-        draw_eigenvalues(spectrum.eigenvalues, figures, formats=formats, title=title, lambda_min=spectrum.lambda_min)
+        draw_spectrum(spectrum, figures, formats=formats, title=title)
     n = spectrum.numbers()
     say(f"lambda_max {n['lambda_max']:.6g}, lambda_min {n['lambda_min']:.6g}, trace {n['trace_hutchinson']:.6g}"
         f" +- {n['trace_stderr']:.2g} (Hutch++ {n['trace_hutchpp']:.6g}); {n['hessian_vector_products']} "
-        f"Hessian-vector products in {n['seconds']:.1f} s\nstore:   {path}\nsummary: {run_dir / 'spectrum.json'}")
+        f"{'GGN' if spectrum.matrix == 'ggn' else 'Hessian'}-vector products in {n['seconds']:.1f} s")
+    flags = n["convergence"]
+    if not flags["converged"]:
+        names = list(flags["flagged"])
+        more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
+        say(f"not within hessian.tolerance={flags['tolerance']}: {', '.join(names[:4])}{more}; raise "
+            f"{', '.join(flags['raise'])}")
+    say(f"store:   {path}\nsummary: {run_dir / 'spectrum.json'}")

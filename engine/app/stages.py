@@ -50,7 +50,7 @@ from engine.store.assemble import assemble
 from engine.store.grid import GridPlan
 from engine.store.layout import StoreSpec, get_attribute, open_existing, open_store, set_attribute
 from engine.store.lease import StoreLease
-from engine.store.spectra import stored_spectrum_config, write_spectrum
+from engine.store.spectra import hessian_settings, same_numbers, set_tolerance, stored_spectrum_config, write_spectrum
 from engine.store.tiles import Work, pending_work
 from engine.sweep.runner import choose_batch_size, make_runner
 from engine.sweep.tiles import sweep_tiles
@@ -331,17 +331,31 @@ def sweep_stage(runner: PointRunner, levels: dict[str, GridPlan], store: Path, c
 
 def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianBatches, cfg: RunConfig,
                    resolved: dict[str, Any], env: DistEnv, store: Path, say: Say, loss: Loss | None = None) -> None:
-    """Spectra at theta* into the store's hessian/ group (all ranks compute, rank 0 writes); skipped when the
-    store already holds a spectrum computed with the same hessian settings."""
+    """Spectra at theta* (and per block, with hessian.blocks) into the store's hessian/ group (all ranks compute,
+    rank 0 writes); skipped when the store already holds a spectrum computed with the same hessian settings (a
+    changed hessian.tolerance only re-judges the stored numbers)."""
     h, settings = cfg.hessian, resolved["hessian"]
-    if stored_spectrum_config(store) == settings:
+    stored = stored_spectrum_config(store)
+    if same_numbers(stored, settings):
+        if hessian_settings(cast("dict[str, Any]", stored)) != hessian_settings(settings):
+            on_main(env, lambda: set_tolerance(store, h.tolerance, settings))
+            barrier()
         say("spectrum: already in the store with these hessian settings")
         return
-    say(f"spectrum at theta*: top {h.top_k} eigenpairs, traces, SLQ density ({env.world_size} rank(s))")
+    blocks = f", per {h.blocks} block" if isinstance(h.blocks, str) else \
+        f", per block of {len(h.blocks)} patterns" if h.blocks else ""
+    say(f"spectrum at theta*: top {h.top_k} eigenpairs, traces, SLQ density{blocks} of the "
+        f"{'generalized Gauss-Newton matrix' if h.matrix == 'ggn' else 'Hessian'} ({env.world_size} rank(s))")
     spectrum = compute_spectrum(model, hessian_params(target.tensors), batches, h, env, loss or make_loss(cfg.loss),
                                 progress=cfg.eval.progress and env.is_main)
     on_main(env, lambda: write_spectrum(store, spectrum, settings))
     barrier()
+    flags = spectrum.numbers()["convergence"]
+    if not flags["converged"]:
+        names = list(flags["flagged"])
+        more = f" (+{len(names) - 4} more)" if len(names) > 4 else ""
+        say(f"spectrum: {', '.join(names[:4])}{more} wider than hessian.tolerance={h.tolerance}; raise "
+            f"{', '.join(flags['raise'])} (summary.json: spectrum.convergence)")
 
 
 def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss) -> None:

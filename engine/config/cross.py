@@ -26,6 +26,9 @@ def check_combination(cfg: RunConfig) -> None:
         raise UserError(f"direction=pca needs a trajectory of at least {PCA_MIN_CHECKPOINTS} checkpoints: this run "
                         f"trains {cfg.train.epochs} epoch(s); set train.epochs>={PCA_MIN_CHECKPOINTS} or give "
                         "direction.trajectory=<folder of epoch_*.pt>")
+    if cfg.hessian.matrix == "ggn" and cfg.loss.name == "custom":
+        raise UserError("hessian.matrix=ggn needs a loss of the model's output (cross_entropy, mse or causal_lm); "
+                        "loss=custom computes its value inside its own function: use hessian.matrix=hessian")
     if e.precision != "fp32" and e.device == "cpu":
         raise UserError(f"eval.precision={e.precision} is autocast on CUDA devices; use eval.precision=fp32 with "
                         "eval.device=cpu")

@@ -256,8 +256,25 @@ class HessianConfig:
     slq_steps: int = 60  # Lanczos steps per SLQ run
     sigma: float = 0.01  # Gaussian broadening of the density, as a fraction of the spectrum's width
     seed: int = 0  # seed of every random start and probe vector
+    matrix: str = "hessian"  # hessian | ggn (generalized Gauss-Newton J^T H_L J, PSD) for the spectrum and blocks;
+    # curvature maps and direction=hessian always use the Hessian
+    blocks: Any = None  # null | layer (each module owning parameters) | module (top-level children) | [regex, ...]:
+    # lambda_max, lambda_min and trace of each block's diagonal block of the matrix
+    tolerance: float = 1e-2  # summary.json flags a spectrum estimate whose error (Ritz bound, standard error) is
+    # wider than this, relative (eigenvalues: to max |eigenvalue|; traces and moments: to their own value)
 
     def __post_init__(self) -> None:
+        _check_choice("hessian.matrix", self.matrix, ("hessian", "ggn"))
+        if not self.tolerance > 0:
+            raise UserError(f"hessian.tolerance={self.tolerance} must be > 0 (relative error flagged in summary.json)")
+        if isinstance(self.blocks, str) and self.blocks not in ("layer", "module"):
+            raise UserError(f"hessian.blocks={self.blocks} must be null, layer, module or a list of parameter-name "
+                            "patterns (regular expressions)")
+        if self.blocks is not None and not isinstance(self.blocks, str):
+            if not self.blocks or not all(isinstance(b, str) for b in self.blocks):
+                raise UserError(f"hessian.blocks={list(self.blocks)} must be a non-empty list of parameter-name "
+                                "patterns (or layer, module, null)")
+            self.blocks = [str(b) for b in self.blocks]
         for key in ("batch_size", "top_k", "steps", "curvature_steps", "slq_runs", "slq_steps"):
             if getattr(self, key) < 1:
                 raise UserError(f"hessian.{key}={getattr(self, key)} must be >= 1")
@@ -369,6 +386,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128, "data.label_field": None,
     "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
     "direction.include": [], "direction.exclude": [], "direction.frozen": False,
+    "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
 }
 
 

@@ -1,10 +1,13 @@
-"""Curvature of the eval loss: exact full-batch Hessian-vector products, Lanczos top/extreme eigenpairs, Hutchinson
-and Hutch++ traces, and the stochastic Lanczos quadrature (SLQ) spectral density, all matrix-free."""
+"""Curvature of the eval loss: exact full-batch Hessian-vector products, Lanczos top/extreme eigenpairs with their
+Ritz residual bounds, Hutchinson and Hutch++ traces with standard errors, and the stochastic Lanczos quadrature (SLQ)
+spectral density per run with its moments, all matrix-free (on any LinearOperator: the Hessian here, the
+generalized Gauss-Newton matrix in ggn.py)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +34,29 @@ class LinearOperator(Protocol):
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
+def checked_params(params: list[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """params as a list, refused unless non-empty, all requiring grad, on one dtype and one device."""
+    params = list(params)
+    if not params:
+        raise UserError(f"{what} needs at least one parameter tensor")
+    if any(not p.requires_grad for p in params):
+        raise UserError(f"{what} params must require grad (pass the model's parameters)")
+    if len({p.dtype for p in params}) > 1 or len({p.device for p in params}) > 1:
+        raise UserError(f"{what} params must share one dtype and one device")
+    return params
+
+
+def mean_product(total: torch.Tensor, count: torch.Tensor | int, all_reduce: AllReduce | None) -> torch.Tensor:
+    """A product summed over a rank's batches, summed over the ranks with its item count, over the total count."""
+    samples = torch.tensor(float(count), dtype=torch.float64, device=total.device)
+    if all_reduce is not None:
+        all_reduce(total)
+        all_reduce(samples)
+    if samples.item() == 0:
+        raise UserError("the eval split is empty; check eval.samples and data")
+    return total / samples.to(total.dtype)
+
+
 class HessianOperator:
     """The exact Hessian of the mean eval loss w.r.t. `params`, applied by double backward, batch by batch.
 
@@ -48,13 +74,7 @@ class HessianOperator:
         all_reduce: AllReduce | None = None,
         keep_graph: bool = False,
     ) -> None:
-        params = list(params)
-        if not params:
-            raise UserError("HessianOperator needs at least one parameter tensor")
-        if any(not p.requires_grad for p in params):
-            raise UserError("HessianOperator params must require grad (pass the model's parameters)")
-        if len({p.dtype for p in params}) > 1 or len({p.device for p in params}) > 1:
-            raise UserError("HessianOperator params must share one dtype and one device")
+        params = checked_params(params, "HessianOperator")
         self.model = model
         self.params = params
         self.batches = batches
@@ -84,15 +104,9 @@ class HessianOperator:
                     hv = torch.autograd.grad(dot, self.params, retain_graph=self.keep_graph, materialize_grads=True)
                     total += torch.cat([h.reshape(-1) for h in hv])
                 count += n
-        samples = torch.tensor(float(count), dtype=torch.float64, device=self.device)
-        if self.all_reduce is not None:
-            self.all_reduce(total)
-            self.all_reduce(samples)
-        if samples.item() == 0:
-            raise UserError("the eval split is empty; check eval.samples and data")
+        product = mean_product(total, count, self.all_reduce)
         self.calls += 1
-        return total / samples.to(self.dtype)
-
+        return product
 
     def _gradients(self) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor | int]]:
         """Each batch's loss gradient with its graph, and the batch's size, in eval mode.
@@ -163,6 +177,18 @@ def _rademacher(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Ten
     return torch.randint(0, 2, shape, generator=generator).double().mul_(2).sub_(1)
 
 
+@dataclass
+class Krylov:
+    """One Lanczos run: the tridiagonal (alphas [m], betas [m-1], float64), the basis Q ([m, n], rows) and the norm
+    beta_m of the residual after its last step, which bounds every Ritz pair: ||H y_i - theta_i y_i|| = beta_m |s_mi|.
+    """
+
+    alphas: torch.Tensor
+    betas: torch.Tensor
+    basis: torch.Tensor
+    residual: float
+
+
 def lanczos(
     matvec: Callable[[torch.Tensor], torch.Tensor],
     n: int,
@@ -179,6 +205,22 @@ def lanczos(
     (classical Gram-Schmidt) against all previous ones, and the run stops early on an invariant subspace. The
     tridiagonal (alphas, betas) is float64; the basis Q (rows) is in `dtype` on `device`.
     """
+    run = lanczos_run(matvec, n, steps, seed, dtype, device, start, stop)
+    return run.alphas, run.betas, run.basis
+
+
+def lanczos_run(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    steps: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    start: torch.Tensor | None = None,
+    stop: Callable[[list[float], list[float]], bool] | None = None,
+) -> Krylov:
+    """lanczos, with the last step's residual norm beta_m kept (no extra product: the last product's vector is
+    orthogonalized like every other, only not added to the basis)."""
     if n < 1:
         raise UserError(f"lanczos needs n >= 1, got {n}")
     if steps < 1:
@@ -196,24 +238,25 @@ def lanczos(
     basis[0] = (start / norm).to(device, dtype)
     alphas: list[float] = []
     betas: list[float] = []
+    residual = 0.0
     for j in range(steps):
         w = matvec(basis[j]).to(device, dtype)
         alpha = torch.dot(w.double(), basis[j].double()).item()
         alphas.append(alpha)
-        if j == steps - 1:
-            break
         previous = basis[: j + 1]
         for _ in range(2):
             w = w - previous.T @ (previous @ w)
         beta = w.double().norm().item()
-        if beta < _BREAKDOWN * max(1.0, abs(alpha)):
+        residual = beta
+        if j == steps - 1 or beta < _BREAKDOWN * max(1.0, abs(alpha)):
             break
         betas.append(beta)
         if stop is not None and stop(alphas, betas):
             break
         basis[j + 1] = w / beta
     m = len(alphas)
-    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64), basis[:m]
+    return Krylov(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas[: m - 1], dtype=torch.float64),
+                  basis[:m], residual)
 
 
 def ritz_converged(k: int, rtol: float, smallest: bool = True) -> Callable[[list[float], list[float]], bool]:
@@ -241,13 +284,26 @@ def _default_steps(n: int, k: int) -> int:
     return min(n, max(2 * k + 20, 40))
 
 
+@dataclass
+class Eigenpairs:
+    """The top k Ritz pairs and the smallest Ritz value of one Lanczos run, each with its Ritz residual bound: the
+    exact eigenvalue nearest a Ritz value lies within its bound (to the rounding of the operator's dtype)."""
+
+    values: torch.Tensor  # the k largest Ritz values, descending, float64 [k]
+    vectors: torch.Tensor  # their unit Ritz vectors [k, n], in the operator's dtype
+    bounds: torch.Tensor  # residual bounds of values, float64 [k]
+    lambda_min: float  # the smallest (most negative) Ritz value
+    lambda_min_bound: float
+    steps: int  # Lanczos steps taken
+
+
 def top_eigenpairs(
     op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, tol: float | None = None,
     rtol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest eigenvalues (descending, float64 [k]) and unit eigenvectors ([k, n], op's dtype) by Lanczos."""
-    values, vectors, _ = _top(op, k, steps, seed, tol, rtol, smallest=False)
-    return values, vectors
+    found = _top(op, k, steps, seed, tol, rtol, smallest=False)
+    return found.values, found.vectors
 
 
 def top_eigenpairs_and_min(
@@ -261,11 +317,19 @@ def top_eigenpairs_and_min(
     With `tol`, a UserError is raised when a pair's residual bound |beta_m s_mi| exceeds tol * max(1, |theta_i|),
     i.e. when `steps` was too few for the pairs to converge.
     """
-    return _top(op, k, steps, seed, tol, rtol, smallest=True)
+    found = _top(op, k, steps, seed, tol, rtol, smallest=True)
+    return found.values, found.vectors, found.lambda_min
+
+
+def bounded_eigenpairs(
+    op: LinearOperator, k: int, steps: int | None = None, seed: int = 0, rtol: float | None = None,
+) -> Eigenpairs:
+    """top_eigenpairs_and_min with every Ritz value's residual bound: the same run, the same products."""
+    return _top(op, k, steps, seed, None, rtol, smallest=True)
 
 
 def _top(op: LinearOperator, k: int, steps: int | None, seed: int, tol: float | None, rtol: float | None,
-         smallest: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+         smallest: bool) -> Eigenpairs:
     n = op.size
     if not 1 <= k <= n:
         raise UserError(f"top_eigenpairs needs 1 <= k <= {n} (the parameter count), got k={k}")
@@ -275,25 +339,25 @@ def _top(op: LinearOperator, k: int, steps: int | None, seed: int, tol: float | 
     if tol is not None and tol <= 0:
         raise UserError(f"top_eigenpairs needs tol > 0, got {tol}")
     stop = ritz_converged(k, rtol, smallest) if rtol is not None else None
-    alphas, betas, basis = lanczos(op.matvec, n, steps, seed, op.dtype, op.device, stop=stop)
+    run = lanczos_run(op.matvec, n, steps, seed, op.dtype, op.device, stop=stop)
+    alphas, betas, basis = run.alphas, run.betas, run.basis
     m = len(alphas)
     if m < k:
         raise UserError(f"the Krylov space from seed {seed} has {m} dimensions, fewer than k={k}; try another seed")
     theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
     order = torch.arange(m - 1, m - 1 - k, -1)
     values, coeffs = theta[order], s[:, order]
+    residuals = run.residual * s[-1].abs()
     if tol is not None and m < n:
-        w = op.matvec(basis[-1]).to(op.device, op.dtype)
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        residuals = w.double().norm().item() * coeffs[-1].abs()
-        bad = residuals > tol * values.abs().clamp(min=1.0)
+        bad = residuals[order] > tol * values.abs().clamp(min=1.0)
         if bad.any():
-            worst = residuals.max().item()
+            worst = residuals[order].max().item()
             raise UserError(f"top_eigenpairs did not converge to tol={tol} (residual {worst:.3g}); raise steps={m}")
     vectors = coeffs.T.to(op.device, op.dtype) @ basis
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
-    return values, vectors, theta[0].item()
+    floor = m * torch.finfo(op.dtype).eps * theta.abs().max().item()  # the products' own rounding
+    bounds = residuals.clamp(min=floor)
+    return Eigenpairs(values, vectors, bounds[order], theta[0].item(), bounds[0].item(), m)
 
 
 def extreme_eigenvalues(op: LinearOperator, steps: int | None = None, seed: int = 0,
@@ -323,6 +387,15 @@ def hutchinson_trace(op: LinearOperator, samples: int, seed: int = 0) -> tuple[f
 def hutchpp_trace(op: LinearOperator, matvecs: int, seed: int = 0) -> float:
     """Hutch++ (Meyer et al. 2021) with exactly `matvecs` products: exact trace on a sketched top subspace plus
     Hutchinson on its complement; far more accurate than Hutchinson for fast-decaying spectra."""
+    return hutchpp_estimate(op, matvecs, seed)[0]
+
+
+def hutchpp_estimate(op: LinearOperator, matvecs: int, seed: int = 0) -> tuple[float, float]:
+    """hutchpp_trace and its standard error: (trace, stderr).
+
+    The error is that of the Hutchinson part given the sketch: the standard deviation of its per-probe values over
+    sqrt(probes) (the trace on the sketched subspace is exact). The sketch's own randomness is not in it; NaN
+    with fewer than 2 probes (matvecs < 5)."""
     if matvecs < 3:
         raise UserError(f"hutchpp_trace needs matvecs >= 3, got {matvecs}")
     n = op.size
@@ -340,8 +413,21 @@ def hutchpp_trace(op: LinearOperator, matvecs: int, seed: int = 0) -> float:
     exact = torch.trace(q.T @ apply(q)).double().item()
     g = g - q @ (q.T @ g)
     g = g - q @ (q.T @ g)
-    rest = (g * apply(g)).sum().double().item() / probes
-    return exact + rest
+    products = g * apply(g)
+    rest = products.sum().double().item() / probes
+    per_probe = products.sum(0).double().cpu().numpy()
+    stderr = float(per_probe.std(ddof=1) / math.sqrt(probes)) if probes >= 2 else math.nan
+    return exact + rest, stderr
+
+
+def exact_trace(op: LinearOperator) -> float:
+    """The trace from n products with the unit vectors: for blocks no larger than the probes Hutchinson would take."""
+    total = 0.0
+    for i in range(op.size):
+        e = torch.zeros(op.size, dtype=op.dtype, device=op.device)
+        e[i] = 1
+        total += op.matvec(e)[i].double().item()
+    return total
 
 
 def hutchpp_products(n: int, matvecs: int) -> int:
@@ -403,14 +489,39 @@ def slq_nodes(op: LinearOperator, runs: int, steps: int, seed: int = 0) -> tuple
 def broadened_density(nodes: np.ndarray, weights: np.ndarray, sigma: float, grid_points: int = 1000,
                       pad: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(grid, density): the run-average of Gaussians of width sigma at the nodes, weighted, integrating to 1."""
+    grid, density, _ = broadened_density_runs(nodes, weights, sigma, grid_points, pad)
+    return grid, density
+
+
+def broadened_density_runs(nodes: np.ndarray, weights: np.ndarray, sigma: float, grid_points: int = 1000,
+                           pad: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """broadened_density and each run's own density on the same grid ([runs, grid_points]), scaled by the same
+    constant, so their mean is the density and their spread is how much one SLQ run varies."""
     pad = 5 * sigma if pad is None else pad
     runs = len(nodes)
     grid = np.linspace(nodes.min() - pad, nodes.max() + pad, grid_points)
     density = np.zeros(grid_points)
+    each = np.zeros((runs, grid_points))
     norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
     for r in range(runs):
         kernel = np.exp(-0.5 * ((grid[:, None] - nodes[r][None, :]) / sigma) ** 2) * norm
-        density += kernel @ weights[r]
+        each[r] = kernel @ weights[r]
+        density += each[r]
     density /= runs
-    density /= 0.5 * np.sum((density[1:] + density[:-1]) * np.diff(grid))  # trapezoid; np.trapz is gone in 2.x
-    return grid, density
+    scale = 0.5 * np.sum((density[1:] + density[:-1]) * np.diff(grid))  # trapezoid; np.trapz is gone in 2.x
+    density /= scale
+    each /= scale
+    return grid, density, each
+
+
+def slq_moments(nodes: np.ndarray, weights: np.ndarray,
+                powers: tuple[int, ...] = (1, 2)) -> dict[int, tuple[float, float]]:
+    """{p: (mean, standard error)} of the SLQ estimates sum_j w_j nodes_j^p of trace(H^p) / n over the runs (the
+    error is their standard deviation over sqrt(runs); NaN for one run)."""
+    runs = len(nodes)
+    out: dict[int, tuple[float, float]] = {}
+    for p in powers:
+        per_run = (weights * nodes**p).sum(1)
+        stderr = float(per_run.std(ddof=1) / math.sqrt(runs)) if runs >= 2 else math.nan
+        out[p] = (float(per_run.mean()), stderr)
+    return out

@@ -1,4 +1,5 @@
-"""Hessian figures (SLQ spectral density, top-k eigenvalues, curvature maps over a 1D line or 2D plane), drawn headless.
+"""Hessian figures (SLQ spectral density with its spread over runs, top-k eigenvalues with their Ritz bounds,
+per-block curvature over the depth of the network, curvature maps over a 1D line or 2D plane), drawn headless.
 
 Reuses the shared cleaning and saving of engine.figures: NaN and -inf mean "not computed" and are left blank, +inf is
 drawn at the largest finite value, and every figure is written once per format into out_dir.
@@ -8,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize, TwoSlopeNorm
-from matplotlib.container import StemContainer
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from engine.curvature.spectra import Spectrum
 from engine.figures import common
 
 DENSITY_FLOOR = 1e-12  # relative to the peak: zeros of the SLQ density are drawn there so the log axis never breaks
@@ -44,21 +44,37 @@ def draw_density(
     out_dir: str | Path,
     formats: Sequence[str] = ("png", "pdf"),
     title: str = "",
+    runs: np.ndarray | None = None,
 ) -> list[Path]:
     """Draw the SLQ eigenvalue density of the Hessian on a log y axis as hessian_density.fmt; return the files.
 
-    Values below DENSITY_FLOOR * peak (zeros included) are raised to it; non-finite points are left blank."""
+    With `runs` (each SLQ run's density on the grid, [runs, grid]), the band between their pointwise lowest and
+    highest is drawn under the mean: how much one run varies. Values below DENSITY_FLOOR * peak (zeros included)
+    are raised to it; non-finite points are left blank."""
     x = np.asarray(grid, dtype=float)
     d = np.array(density, dtype=float)
     if x.ndim != 1 or d.shape != x.shape:
         raise ValueError(f"density of shape {d.shape} does not match grid of shape {x.shape}")
+    each = None if runs is None else np.array(runs, dtype=float)
+    if each is not None and (each.ndim != 2 or each.shape[1] != x.size):
+        raise ValueError(f"per-run densities of shape {each.shape} do not match grid of shape {x.shape}")
     missing = ~np.isfinite(x) | ~np.isfinite(d)
     positive = d[~missing & (d > 0)]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     if positive.size:
-        d[~missing] = np.maximum(d[~missing], float(positive.max()) * DENSITY_FLOOR)
-        ax.plot(np.ma.masked_array(x, mask=missing), np.ma.masked_array(d, mask=missing), color="C0", lw=1.2)
+        floor = float(positive.max()) * DENSITY_FLOOR
+        d[~missing] = np.maximum(d[~missing], floor)
+        xm = np.ma.masked_array(x, mask=missing)
+        if each is not None and len(each) > 1:
+            lo = np.maximum(np.nanmin(each, axis=0), floor)
+            hi = np.maximum(np.nanmax(each, axis=0), floor)
+            ax.fill_between(xm, np.ma.masked_array(lo, mask=missing), np.ma.masked_array(hi, mask=missing),
+                            color="C0", alpha=0.25, lw=0, label=f"range of {len(each)} SLQ runs")
+        ax.plot(xm, np.ma.masked_array(d, mask=missing), color="C0", lw=1.2,
+                label="mean over runs" if each is not None and len(each) > 1 else "density")
         ax.set_yscale("log")
+        if each is not None and len(each) > 1:
+            ax.legend(loc="best", fontsize=8)
     else:
         common.no_data(ax)
         common.limits(ax, x[np.isfinite(x)])
@@ -74,21 +90,36 @@ def draw_eigenvalues(
     formats: Sequence[str] = ("png", "pdf"),
     title: str = "",
     lambda_min: float | None = None,
+    bounds: np.ndarray | None = None,
+    lambda_min_bound: float | None = None,
 ) -> list[Path]:
     """Draw the top-k eigenvalues, largest first, as stems at ranks 1..k into hessian_eigenvalues.fmt; return the files.
 
-    Non-finite eigenvalues are dropped; lambda_min, when given and finite, is a dashed horizontal line."""
+    Non-finite eigenvalues are dropped; lambda_min, when given and finite, is a dashed horizontal line. With
+    `bounds` (each eigenvalue's Ritz residual bound, in the eigenvalues' order) error bars show them, and
+    lambda_min_bound a band around lambda_min's line."""
     values = np.asarray(eigenvalues, dtype=float)
     if values.ndim != 1:
         raise ValueError(f"eigenvalues must be a 1D array, got shape {values.shape}")
-    ranked = np.sort(values[np.isfinite(values)])[::-1]
+    errors = None if bounds is None else np.asarray(bounds, dtype=float)
+    if errors is not None and errors.shape != values.shape:
+        raise ValueError(f"bounds of shape {errors.shape} do not match eigenvalues of shape {values.shape}")
+    keep = np.isfinite(values)
+    order = np.argsort(values[keep])[::-1]
+    ranked = values[keep][order]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    handles: list[StemContainer | Line2D] = []
+    handles: list[Any] = []
     if ranked.size:
-        handles.append(ax.stem(np.arange(1, ranked.size + 1), ranked, label="top eigenvalues"))
+        ranks = np.arange(1, ranked.size + 1)
+        handles.append(ax.stem(ranks, ranked, label="top eigenvalues"))
+        if errors is not None:
+            handles.append(ax.errorbar(ranks, ranked, yerr=errors[keep][order], fmt="none", ecolor="k", capsize=4,
+                                       lw=1.0, label="Ritz residual bound"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if lambda_min is not None and np.isfinite(lambda_min):
         handles.append(ax.axhline(float(lambda_min), color="C3", ls="--", lw=1.0, label="lambda_min"))
+        if lambda_min_bound is not None and np.isfinite(lambda_min_bound) and lambda_min_bound > 0:
+            ax.axhspan(lambda_min - lambda_min_bound, lambda_min + lambda_min_bound, color="C3", alpha=0.15, lw=0)
     if handles:
         ax.legend(handles=handles, loc="best", fontsize=8)
     else:
@@ -97,6 +128,96 @@ def draw_eigenvalues(
     ax.set_ylabel("eigenvalue")
     ax.set_title(title)
     return common.save(fig, _out(out_dir), "hessian_eigenvalues", formats)
+
+
+BLOCK_LABELS = 24  # at most this many blocks get their names as tick labels
+
+
+def _scale(ax: Axes, values: np.ndarray) -> None:
+    """A log y axis for positive values over more than a decade, a symmetric log one (linear near 0) for values
+    over more than two decades that are not all positive, else linear: blocks' curvatures can span decades and
+    lambda_min may be negative."""
+    finite = values[np.isfinite(values)]
+    size = np.abs(finite)
+    if not size.size or size.max() == 0:
+        return
+    top, low = float(size.max()), float(size[size > 0].min())
+    if (finite > 0).all() and top > 10 * low:
+        ax.set_yscale("log")
+    elif top > 100 * low:  # linear within a power of ten about 1e-2 of the top, so ticks never crowd at 0
+        ax.set_yscale("symlog", linthresh=10.0 ** np.floor(np.log10(1e-2 * top)), linscale=1.0)
+
+
+def draw_blocks(
+    names: Sequence[str],
+    lambda_max: np.ndarray,
+    lambda_min: np.ndarray,
+    trace: np.ndarray,
+    out_dir: str | Path,
+    formats: Sequence[str] = ("png", "pdf"),
+    title: str = "",
+    lambda_max_bound: np.ndarray | None = None,
+    lambda_min_bound: np.ndarray | None = None,
+    trace_stderr: np.ndarray | None = None,
+    matrix: str = "Hessian",
+) -> list[Path]:
+    """Draw each block's lambda_max and lambda_min (with their Ritz bounds as error bars) and trace (+- 2 standard
+    errors) in three panels over the blocks in the model's order into hessian_blocks.fmt; return the files.
+
+    The x axis is the block index, labelled with the block names when there are at most BLOCK_LABELS blocks."""
+    arrays = {"lambda_max": lambda_max, "lambda_min": lambda_min, "trace": trace, "lambda_max_bound": lambda_max_bound,
+              "lambda_min_bound": lambda_min_bound, "trace_stderr": trace_stderr}
+    n = len(names)
+    checked = {k: np.asarray(v, dtype=float) for k, v in arrays.items() if v is not None}
+    for key, values in checked.items():
+        if values.shape != (n,):
+            raise ValueError(f"{key} of shape {values.shape} does not match {n} block names")
+    x = np.arange(n)
+    labelled = 0 < n <= BLOCK_LABELS
+    long_names = labelled and max(len(str(name)) for name in names) > 3
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.4, 0.3 * n + 3) if labelled else 6.4, 7.2), layout="constrained",
+                             sharex=True)
+    se = checked.get("trace_stderr")
+    panels = (("lambda_max", checked.get("lambda_max_bound"), "o", "C0", "lambda_max"),
+              ("lambda_min", checked.get("lambda_min_bound"), "v", "C3", "lambda_min"),
+              ("trace", None if se is None else 2 * se, "s", "C2", "trace"))
+    for ax, (key, error, marker, color, label) in zip(axes, panels):
+        if not n:
+            common.no_data(ax)
+            continue
+        ax.errorbar(x, checked[key], yerr=error, fmt=f"{marker}-", color=color, ms=4, capsize=3, lw=1.2)
+        if (checked[key] < 0).any():
+            ax.axhline(0.0, color="gray", lw=0.6)
+        _scale(ax, checked[key])
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_title(_titled(title, f"each block's diagonal {matrix} block (bars: Ritz bounds; trace: +- 2 s.e.)"),
+                      fontsize=10)
+    if labelled:
+        axes[-1].set_xticks(x, [str(name) for name in names], rotation=60 if long_names else 0,
+                            ha="right" if long_names else "center", fontsize=7)
+    else:
+        axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("block (model order)")
+    return common.save(fig, _out(out_dir), "hessian_blocks", formats)
+
+
+def draw_spectrum(spectrum: Spectrum, out_dir: str | Path, formats: Sequence[str] = ("png", "pdf"),
+                  title: str = "") -> list[Path]:
+    """Every figure of a spectrum: hessian_density (with the band over SLQ runs), hessian_eigenvalues (with the
+    Ritz bounds) and, with per-block curvature, hessian_blocks; what a store written before them lacks is left
+    out of the figures."""
+    paths = draw_density(spectrum.grid, spectrum.density, out_dir, formats=formats, title=title,
+                         runs=spectrum.density_runs)
+    paths += draw_eigenvalues(spectrum.eigenvalues, out_dir, formats=formats, title=title,
+                              lambda_min=spectrum.lambda_min, bounds=spectrum.eigenvalue_bounds,
+                              lambda_min_bound=spectrum.lambda_min_bound)
+    b = spectrum.blocks
+    if b is not None:
+        paths += draw_blocks(b.names, b.lambda_max, b.lambda_min, b.trace, out_dir, formats=formats, title=title,
+                             lambda_max_bound=b.lambda_max_bound, lambda_min_bound=b.lambda_min_bound,
+                             trace_stderr=b.trace_stderr, matrix="GGN" if spectrum.matrix == "ggn" else "Hessian")
+    return paths
 
 
 def _signed_norm(data: np.ndarray) -> Normalize:
