@@ -129,11 +129,11 @@ def test_hessian_eigenvector_directions(tmp_path):
 
 
 def test_curvature_and_spectrum_of_two_ranks_equal_one(tmp_path):
-    one_cfg, one_resolved = make_cfg(tmp_path, *SMALL, *SWEEP, "name=one")
+    one_cfg, one_resolved = make_cfg(tmp_path, *SMALL, *SWEEP, "hessian.blocks=layer", "name=one")
     one = run_landscape(one_cfg, one_resolved, log=False)
     ckpt = tmp_path / "one" / "checkpoints" / "final.pt"
-    done = torchrun(2, *SMALL, *SWEEP, f"model.checkpoint={ckpt}", "name=two", f"out_dir={tmp_path}",
-                    "grid.preview=0", cwd=tmp_path)
+    done = torchrun(2, *SMALL, *SWEEP, "hessian.blocks=layer", f"model.checkpoint={ckpt}", "name=two",
+                    f"out_dir={tmp_path}", "grid.preview=0", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     a, b = read_surface(one.store), read_surface(tmp_path / "two" / "landscape.zarr")
     for metric in ("hessian/lambda_max", "hessian/lambda_min", "hessian/ratio"):
@@ -142,3 +142,8 @@ def test_curvature_and_spectrum_of_two_ranks_equal_one(tmp_path):
     assert sa is not None and sb is not None
     np.testing.assert_allclose(sb.eigenvalues, sa.eigenvalues, rtol=1e-5)  # products all-reduced over 2 ranks
     assert sb.trace == pytest.approx(sa.trace, rel=1e-5)
+    ba, bb = sa.blocks, sb.blocks  # per-layer blocks: the same data-parallel products
+    assert ba is not None and bb is not None and ba.names == bb.names == ["layers.0", "head"]
+    for name in ("lambda_max", "lambda_min", "trace"):
+        np.testing.assert_allclose(getattr(bb, name), getattr(ba, name), rtol=1e-5, atol=1e-6 * ba.lambda_max.max())
+    assert one.summary["spectrum"]["blocks"]["names"] == ba.names and "convergence" in one.summary["spectrum"]
