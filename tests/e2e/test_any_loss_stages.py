@@ -129,7 +129,7 @@ def custom_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_mse_surface_has_only_the_loss_and_matches_float64(mse_run: dict[str, Any]) -> None:
     store = mse_run["result"].store
-    assert [m for m in read_surface(store).attrs["metrics"] if not m.startswith("hessian/")] == ["loss"]
+    assert [m for m in read_surface(store).attrs["metrics"] if not m.startswith("hessian/")] == ["loss", "loss_stderr"]
     model, batch = model_at_theta(mse_run["cfg"], mse_run["result"])
     check_surface(store, model, batch, mse64)
 
@@ -235,7 +235,7 @@ def test_lm_interpolation_ends_at_model_b(lm: dict[str, Any], tmp_path: Path) ->
         at_b = float(lm_loss64(lm_model(lm, lm["root"] / "B.pt").double(), batch))
     assert surface.metrics["loss"][0] == pytest.approx(at_a, rel=2e-5)
     assert surface.metrics["loss"][-1] == pytest.approx(at_b, rel=2e-5)
-    assert set(surface.metrics) == {"loss", "accuracy", "perplexity"}
+    assert set(surface.metrics) == {"loss", "accuracy", "perplexity", "loss_stderr", "accuracy_stderr"}
     np.testing.assert_allclose(surface.metrics["perplexity"], np.exp(surface.metrics["loss"]), rtol=1e-5)
 
 
