@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from engine.core.errors import UserError, guarded
 from engine.figures.comparison import draw_comparison
+from engine.sources.losses import is_stderr
 from engine.store.assemble import summarize
 from engine.store.read import read_surface
 
@@ -67,9 +68,11 @@ def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip:
 
 
 def shared_metrics(surfaces: dict[str, Any]) -> list[str]:
-    """The loss metrics every run's store holds, in the first run's order (curvature maps aside)."""
+    """The loss metrics every run's store holds, in the first run's order (curvature maps and standard errors
+    aside)."""
     first = next(iter(surfaces.values())).metrics
-    return [m for m in first if not m.startswith("hessian/") and all(m in s.metrics for s in surfaces.values())]
+    return [m for m in first if not m.startswith("hessian/") and not is_stderr(m)
+            and all(m in s.metrics for s in surfaces.values())]
 
 
 def table(summaries: dict[str, dict[str, Any]]) -> str:
