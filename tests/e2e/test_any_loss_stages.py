@@ -307,3 +307,55 @@ def test_torchvision_model_on_an_image_folder_from_the_command_line(tmp_path: Pa
     assert surface.done.all() and np.isfinite(surface.metrics["loss"]).all()
     counts = surface.metrics["accuracy"] * 18  # accuracies over the val folder's 18 images, whole
     np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)
+
+
+def test_hf_image_classifier_on_cifar_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model=hf model.task=image_classification: a tiny ViT saved with save_pretrained, swept on CIFAR-10 files with
+    cross_entropy; the centre's loss equals the model's own outputs.loss on the same images."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from vision_fixtures import skip_cifar_md5, write_cifar
+
+    skip_cifar_md5(monkeypatch)
+    write_cifar(tmp_path / "data", "cifar10", per_file=4, test=20)
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=10)
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    cfg, result = run(tmp_path, "model=hf", f"model.path={tmp_path / 'vit'}", "model.task=image_classification",
+                      "data=cifar10", f"data.root={tmp_path / 'data'}", "grid.resolution=[3,3]", "eval.batch_size=10",
+                      "summary.epsilon=null", "summary.adaptive_radius=null")
+    surface = read_surface(result.store)
+    assert surface.done.all() and set(surface.metrics) >= {"loss", "accuracy", "loss_stderr"}
+    test = held(load_data(cfg.data).test)
+    model = ViTForImageClassification.from_pretrained(tmp_path / "vit", attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = float(model(pixel_values=test.x, labels=test.y).loss)
+    assert surface.metrics["loss"][1, 1] == pytest.approx(want, rel=1e-5)
+
+
+def test_hf_sequence_classifier_on_labelled_records(tmp_path: Path) -> None:
+    """model=hf model.task=sequence_classification with data=text data.label_field: one padded example per record;
+    the centre's loss equals the model's own outputs.loss on the test records."""
+    import json as _json
+
+    from hf_fixtures import save_tiny_classifier
+
+    text = tiny_text(6000)
+    save_tiny_classifier(tmp_path / "clf", text)
+    words = text.split()
+    rows = [{"text": " ".join(words[i: i + 3 + i % 17]), "label": ["neg", "pos", "mixed"][i % 3]} for i in range(40)]
+    (tmp_path / "reviews.jsonl").write_text("\n".join(_json.dumps(r) for r in rows))
+    cfg, result = run(tmp_path, "model=hf", f"model.path={tmp_path / 'clf'}", "model.task=sequence_classification",
+                      "data=text", f"data.path={tmp_path / 'reviews.jsonl'}", "data.label_field=label",
+                      "data.block_size=24", "grid.resolution=[3,3]", "eval.batch_size=4", "summary.epsilon=null",
+                      "summary.adaptive_radius=null")
+    surface = read_surface(result.store)
+    assert surface.done.all()
+    batch = held(load_data(cfg.data, cfg.model.path).test).x
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf", attn_implementation="eager").eval()
+    with torch.no_grad():
+        want = float(model(**batch).loss)
+    assert surface.metrics["loss"][1, 1] == pytest.approx(want, rel=1e-5)
