@@ -34,6 +34,7 @@ from vision_fixtures import write_images
 Loss64 = Callable[[nn.Module, Any], torch.Tensor]  # (float64 model, whole eval batch) -> mean loss
 GRID = ["grid.tile=[3,3]", "grid.preview=0", "eval.points_per_pass=1", "eval.samples=null", "hessian.samples=null"]
 REGRESSION = ["data=custom", "train.epochs=3", "summary.epsilon=0.001"]
+NO_SHARPNESS = ["summary.epsilon=null", "summary.adaptive_radius=null"]  # runs that test other things skip both
 
 
 def mse64(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -227,7 +228,7 @@ def lm_eval_batch(cfg: Any) -> dict[str, torch.Tensor]:
 
 def test_lm_interpolation_ends_at_model_b(lm: dict[str, Any], tmp_path: Path) -> None:
     cfg, result = run(tmp_path, *lm["args"], "direction=interpolation", "grid=line", "grid.resolution=[3]",
-                      "grid.x=[0,1]", f"direction.checkpoints=[{lm['root'] / 'B.pt'}]", "summary.epsilon=null")
+                      "grid.x=[0,1]", f"direction.checkpoints=[{lm['root'] / 'B.pt'}]", *NO_SHARPNESS)
     surface = read_surface(result.store)
     batch = lm_eval_batch(cfg)
     with torch.no_grad():
@@ -241,7 +242,7 @@ def test_lm_interpolation_ends_at_model_b(lm: dict[str, Any], tmp_path: Path) ->
 
 def test_lm_plane_markers_rebuild_models_b_and_c(lm: dict[str, Any], tmp_path: Path) -> None:
     """theta* + x d1 + y d2 at each marker is that model's weights: the tied head moved once, with its embedding."""
-    _, result = run(tmp_path, *lm["args"], "direction=plane", "grid.resolution=[3,3]", "summary.epsilon=null",
+    _, result = run(tmp_path, *lm["args"], "direction=plane", "grid.resolution=[3,3]", *NO_SHARPNESS,
                     f"direction.checkpoints=[{lm['root'] / 'B.pt'},{lm['root'] / 'C.pt'}]")
     markers = read_surface(result.store).attrs["markers"]
     dirs = read_directions(result.store)
@@ -258,7 +259,7 @@ def test_lm_plane_markers_rebuild_models_b_and_c(lm: dict[str, Any], tmp_path: P
 
 def test_lm_pca_projects_the_trajectory_onto_its_plane(lm: dict[str, Any], tmp_path: Path) -> None:
     _, result = run(tmp_path, *lm["args"], "direction=pca", f"direction.trajectory={lm['root'] / 'traj'}",
-                    "grid.resolution=[3,3]", "summary.epsilon=null")
+                    "grid.resolution=[3,3]", *NO_SHARPNESS)
     path = read_array(result.store, "trajectory/coords")
     assert path is not None and path.shape == (5, 2) and np.isfinite(path).all()
     np.testing.assert_allclose(path[-1], 0.0, atol=1e-6)  # the last checkpoint is theta*
@@ -298,7 +299,7 @@ def test_torchvision_model_on_an_image_folder_from_the_command_line(tmp_path: Pa
     write_images(tmp_path / "images" / "val", sizes, seed=1)
     args = ["model=torchvision", "model.arch=resnet18", "model.kwargs.num_classes=3", "data=imagefolder",
             f"data.root={tmp_path / 'images'}", "data.image_size=32", "grid.resolution=[2,2]", "eval.batch_size=9",
-            "eval.points_per_pass=1", "plot.enabled=false", "eval.progress=false", "summary.epsilon=null",
+            "eval.points_per_pass=1", "plot.enabled=false", "eval.progress=false", *NO_SHARPNESS,
             f"out_dir={tmp_path / 'runs'}", "name=folder"]
     done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -324,7 +325,7 @@ def test_hf_image_classifier_on_cifar_files(tmp_path: Path, monkeypatch: pytest.
     ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
     cfg, result = run(tmp_path, "model=hf", f"model.path={tmp_path / 'vit'}", "model.task=image_classification",
                       "data=cifar10", f"data.root={tmp_path / 'data'}", "grid.resolution=[3,3]", "eval.batch_size=10",
-                      "summary.epsilon=null", "summary.adaptive_radius=null")
+                      *NO_SHARPNESS, "summary.adaptive_radius=null")
     surface = read_surface(result.store)
     assert surface.done.all() and set(surface.metrics) >= {"loss", "accuracy", "loss_stderr"}
     test = held(load_data(cfg.data).test)
@@ -348,7 +349,7 @@ def test_hf_sequence_classifier_on_labelled_records(tmp_path: Path) -> None:
     (tmp_path / "reviews.jsonl").write_text("\n".join(_json.dumps(r) for r in rows))
     cfg, result = run(tmp_path, "model=hf", f"model.path={tmp_path / 'clf'}", "model.task=sequence_classification",
                       "data=text", f"data.path={tmp_path / 'reviews.jsonl'}", "data.label_field=label",
-                      "data.block_size=24", "grid.resolution=[3,3]", "eval.batch_size=4", "summary.epsilon=null",
+                      "data.block_size=24", "grid.resolution=[3,3]", "eval.batch_size=4", *NO_SHARPNESS,
                       "summary.adaptive_radius=null")
     surface = read_surface(result.store)
     assert surface.done.all()

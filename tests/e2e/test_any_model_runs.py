@@ -21,12 +21,14 @@ from engine.store.read import read_directions, read_surface
 from hf_fixtures import save_tiny_lm, tiny_text
 from vision_fixtures import write_cifar
 
+NO_SHARPNESS = ["summary.epsilon=null", "summary.adaptive_radius=null"]  # these runs test equality, not sharpness
+NO_SHARPNESS_KEYS = {"summary.epsilon": None, "summary.adaptive_radius": None}
 LM = ["model=hf", "data=text", "data.block_size=32", "loss=causal_lm", "grid.resolution=[5,3]", "grid.tile=[3,3]",
       "grid.preview=2", "eval.batch_size=8", "eval.samples=24", "eval.points_per_pass=1", "plot.enabled=false",
-      "eval.progress=false", "summary.epsilon=null"]
+      "eval.progress=false", *NO_SHARPNESS]
 VISION = ["model=torchvision", "model.arch=resnet18", "model.kwargs.num_classes=10", "data=cifar10",
           "grid.resolution=[3,3]", "grid.tile=[2,2]", "grid.preview=0", "eval.samples=40", "eval.batch_size=16",
-          "eval.points_per_pass=2", "plot.enabled=false", "eval.progress=false", "summary.epsilon=null"]
+          "eval.points_per_pass=2", "plot.enabled=false", "eval.progress=false", *NO_SHARPNESS]
 # torchvision checks every CIFAR file's md5; the fixture's files are not the real ones, so the check is bypassed in
 # the subprocesses (the reader itself is the code under test)
 SITE = """from torchvision.datasets import cifar
@@ -146,7 +148,7 @@ def test_lm_python_api_equals_cli_twice_in_one_process(lm_runs: dict[str, Any]) 
     batches = [{"input_ids": ids[i : i + 8], "attention_mask": torch.ones_like(ids[i : i + 8])}
                for i in range(0, len(ids), 8)]
     settings = {"grid.resolution": (5, 3), "grid.tile": (3, 3), "grid.preview": 2, "eval.batch_size": 8,
-                "eval.points_per_pass": 1, "plot.enabled": False, "summary.epsilon": None, "out_dir": root / "api"}
+                "eval.points_per_pass": 1, "plot.enabled": False, **NO_SHARPNESS_KEYS, "out_dir": root / "api"}
     for _ in range(2):
         result = engine.landscape(model, batches, loss="causal_lm", **settings)
         cli = read_surface(lm_runs["one"])
@@ -188,7 +190,7 @@ def test_vision_python_api_on_torchvision_dataset(vision_runs: dict[str, Any],
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(test, picked.indices), batch_size=16)
     result = engine.landscape(model, loader, loss=nn.CrossEntropyLoss(), **{
         "grid.resolution": (3, 3), "grid.tile": (2, 2), "grid.preview": 0, "eval.points_per_pass": 2,
-        "plot.enabled": False, "summary.epsilon": None, "out_dir": root / "api"})
+        "plot.enabled": False, **NO_SHARPNESS_KEYS, "out_dir": root / "api"})
     cli = read_surface(vision_runs["one"])
     for metric in ("loss", "accuracy"):
         np.testing.assert_allclose(result[metric].values, cli.metrics[metric], rtol=1e-5, atol=1e-7)

@@ -30,7 +30,7 @@ PATHS = {
 }
 BATCHES = (128, 300, 1024)  # 1438 train samples: last batches of 30, 238 and 414 items
 SWEEP = ["eval.split=train", "eval.samples=null", "grid=line", "grid.resolution=[3]", "grid.x=[-0.05,0.05]",
-         "grid.preview=0", "summary.epsilon=null"]
+         "grid.preview=0", "summary.epsilon=null", "summary.adaptive_radius=null"]
 
 
 @pytest.fixture(scope="module")
