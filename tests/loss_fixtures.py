@@ -56,3 +56,20 @@ def squared_error(model: nn.Module, batch: dict[str, torch.Tensor],
     """scale * the summed squared error over items, the item count, and the summed absolute error as a metric."""
     err = model(batch["features"]) - batch["target"]
     return scale * err.pow(2).sum(), len(err), {"abs_error": err.abs().sum(1).sum()}
+
+
+class FileRegression(Dataset):
+    """(x, y) float pairs read from an .npz file with arrays x and y: a data set whose files can change under the
+    same config (`data._target_=loss_fixtures.FileRegression +data.kwargs.path=...`)."""
+
+    def __init__(self, path: str) -> None:
+        import numpy as np
+
+        with np.load(path) as arrays:
+            self.x, self.y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from engine.app.landscape import run_landscape
 from engine.app.spectrum import run_spectrum
-from engine.app.stages import Given
+from engine.app.stages import Given, given_split
 from engine.config.check import to_run_config
 from engine.config.files import CONF_DIR
 from engine.config.schema import LossConfig, register_configs
@@ -28,7 +28,7 @@ from engine.core.errors import UserError
 from engine.sources.checkpoints import state_fingerprint
 from engine.sources.loss_kinds import CustomLoss, make_loss
 from engine.sources.losses import Loss
-from engine.sources.splits import AnySplit, DatasetSplit, Split, held
+from engine.sources.splits import AnySplit, DatasetSplit, Split, split_fingerprint
 from engine.sources.structure import cat, tensors_of
 
 LossLike = str | Loss | nn.Module | Callable[..., Any]
@@ -113,12 +113,12 @@ def _prepare(model: nn.Module, data: Any, loss: LossLike,
     split, chosen = as_split(data), as_loss(loss)
     if isinstance(data, DataLoader) and data.batch_size and "eval.batch_size" not in overrides:
         overrides = {**overrides, "eval.batch_size": data.batch_size}
+    handed = len(split)
+    split = given_split(_compose(_lines(overrides))[0], split)  # what is evaluated: the fingerprint sees all of it
     about = _fingerprints(model, split, chosen)
-    overrides = {"name": f"{type(model).__name__.lower()}-{about['run']}", **overrides}
-    lines = [f"{k}={_value(v)}" for k, v in overrides.items()]
-    cfg, resolved = _compose(lines)
+    cfg, resolved = _compose(_lines({"name": f"{type(model).__name__.lower()}-{about['run']}", **overrides}))
     resolved["model"] = {"name": type(model).__name__, "source": "python"}
-    resolved["data"] = {"name": "python", "samples": len(split), "fingerprint": about["data"], "seed": cfg.data.seed}
+    resolved["data"] = {"name": "python", "samples": handed, "fingerprint": about["data"], "seed": cfg.data.seed}
     resolved["loss"] = chosen.config()
     return cfg, resolved, Given(model, split, chosen)
 
@@ -144,6 +144,11 @@ def _compose(lines: list[str]) -> tuple[Any, dict[str, Any]]:
     return to_run_config(cfg)
 
 
+def _lines(overrides: dict[str, Any]) -> list[str]:
+    """Keyword overrides as Hydra's dotted key=value lines."""
+    return [f"{k}={_value(v)}" for k, v in overrides.items()]
+
+
 def _value(v: Any) -> str:
     """A Python value as a Hydra override value."""
     if v is None:
@@ -156,15 +161,9 @@ def _value(v: Any) -> str:
 
 
 def _fingerprints(model: nn.Module, split: AnySplit, loss: Loss) -> dict[str, str]:
-    """Short hashes of the eval set (its first and last samples, and its size) and of the run (weights, eval set,
-    loss): a call with other weights or data gets its own store, the same call resumes its own."""
-    h = hashlib.sha256()
-    first_last = [held(split.select(torch.tensor([0, len(split) - 1])))] if len(split) else []
-    for part in first_last:
-        for t in tensors_of(part.x) + ([part.y] if part.y is not None else []):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(str(len(split)).encode())
-    data = h.hexdigest()[:16]
+    """Hashes of the eval set (every value of every sample and label) and of the run (weights, eval set, loss): a
+    call with other weights, data or loss gets its own store, the same call resumes its own."""
+    data = split_fingerprint(split)
     run = hashlib.sha256(f"{state_fingerprint(model)}{data}{json.dumps(loss.config(), sort_keys=True)}".encode())
     return {"data": data, "run": run.hexdigest()[:8]}
 

@@ -58,6 +58,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             data = load_data(cfg.data, cfg.model.path)
             model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
             split = stages.eval_split(cfg, data)
+            resolved = stages.fingerprinted(cfg, resolved, split)
             loss = stages.loss_stage(cfg, model, split, env)
         else:
             data, model = None, given.model.to(env.device).eval()

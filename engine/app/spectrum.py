@@ -47,8 +47,11 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         if given is None:
             data = load_data(cfg.data, cfg.model.path)
             model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+            split = stages.eval_split(cfg, data)
+            resolved = stages.fingerprinted(cfg, resolved, split)
         else:
             model = given.model.to(env.device).eval()
+            split = stages.given_split(cfg, given.split)
         fingerprint = state_fingerprint(model)
         check_same(env, "model weights (fingerprints)", fingerprint)
         run_dir = stages.run_dir_of(cfg)
@@ -60,10 +63,8 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             say(f"spectrum: already in {path}; redrawing")
         else:
             if given is None:
-                split = stages.eval_split(cfg, data)
                 loss = stages.loss_stage(cfg, model, split, env)
             else:
-                split = stages.given_split(cfg, given.split)
                 loss = stages.probed(given.loss, model, split, env)
             batches = stages.hessian_stage_batches(cfg, split, env, always=True)
             d = cfg.direction

@@ -43,7 +43,7 @@ from engine.sources.checkpoints import load_checkpoint, state_fingerprint
 from engine.sources.loss_kinds import make_loss
 from engine.sources.losses import Loss
 from engine.sources.models import build_model
-from engine.sources.splits import AnySplit, DataBundle, DatasetSplit, Split, held, subsample
+from engine.sources.splits import AnySplit, DataBundle, DatasetSplit, Split, held, split_fingerprint, subsample
 from engine.sources.structure import to_device
 from engine.sources.train import train_model
 from engine.store.assemble import assemble
@@ -138,6 +138,15 @@ def eval_split(cfg: RunConfig, data: DataBundle) -> AnySplit:
     if isinstance(split, DatasetSplit) and split.approx_bytes() <= cfg.eval.memory_gb * 2**30 / 2:
         return split.materialize(256, cfg.eval.workers)
     return split
+
+
+def fingerprinted(cfg: RunConfig, resolved: dict[str, Any], split: AnySplit) -> dict[str, Any]:
+    """The resolved config with data.fingerprint (a hash of every value of the eval set) for a source of the user's
+    own (data=custom): the files its Dataset reads can change under the same config, and a store computed on other
+    data must never be resumed as if it were this data's."""
+    if cfg.data.name != "custom":
+        return resolved
+    return {**resolved, "data": {**resolved["data"], "fingerprint": split_fingerprint(split, 256, cfg.eval.workers)}}
 
 
 def given_split(cfg: RunConfig, split: AnySplit) -> AnySplit:

@@ -3,7 +3,8 @@ through a DataLoader in a fixed order; the seeded split of sources without their
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -11,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from engine.config.schema import DataConfig
-from engine.sources.structure import Batch, cat, items_in, nbytes, take
+from engine.core.errors import UserError
+from engine.sources.structure import Batch, cat, items_in, nbytes, take, tensors_of
 
 
 @dataclass
@@ -90,6 +92,33 @@ class DataBundle:
 def held(split: AnySplit, batch_size: int = 256, workers: int = 0) -> Split:
     """The split as tensors (read once when it comes from a Dataset)."""
     return split if isinstance(split, Split) else split.materialize(batch_size, workers)
+
+
+def split_fingerprint(split: AnySplit, batch_size: int = 256, workers: int = 0) -> str:
+    """A sha256 of every value of every sample and label, in order, with each tensor's dtype and shape, so that
+    one changed sample or label gives another fingerprint. A Dataset is read once for it; a held split hashes
+    the same as the Dataset it was read from."""
+    parts: Iterable[Batch] = [split.x if split.y is None else (split.x, split.y)] if isinstance(split, Split) \
+        else split.batches(batch_size, workers)
+    leaves: list[Any] = []
+    shapes: list[tuple[str, tuple[int, ...], int]] = []
+    for part in parts:
+        tensors = tensors_of(part)
+        if not leaves:
+            leaves = [hashlib.sha256() for _ in tensors]
+            shapes = [(str(t.dtype), tuple(t.shape[1:]), 0) for t in tensors]
+        if len(tensors) != len(leaves):
+            raise UserError("the eval set's batches change structure from batch to batch; give batches of one "
+                            "structure")
+        for k, t in enumerate(tensors):
+            flat = t.detach().cpu().contiguous().reshape(-1)
+            leaves[k].update(flat.view(torch.uint8).numpy().data)
+            dtype, rest, rows = shapes[k]
+            shapes[k] = (dtype, rest, rows + (int(t.shape[0]) if t.dim() else 1))
+    whole = hashlib.sha256(repr(shapes).encode())
+    for leaf in leaves:
+        whole.update(leaf.digest())
+    return whole.hexdigest()[:16]
 
 
 def seeded_split(whole: AnySplit, cfg: DataConfig) -> tuple[AnySplit, AnySplit]:

@@ -78,6 +78,12 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
 
 
 def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
+    was, now = attrs["config"].get("data", {}).get("fingerprint"), spec.config.get("data", {}).get("fingerprint")
+    if now is not None and was != now:
+        raise UserError(
+            f"store {path} was computed on other data (data fingerprint {was}, now {now}): the eval set changed; "
+            "set store.overwrite=true to replace it, or pick another name="
+        )
     if attrs["config_hash"] != config_hash(spec.config):
         raise UserError(
             f"store {path} was written by a different config ({config_diff(attrs['config'], spec.config)}); "
