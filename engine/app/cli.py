@@ -18,18 +18,28 @@ import hydra
 from omegaconf import DictConfig
 
 from engine.config.check import check_command_line, open_dict_keys, to_run_config
+from engine.config.cross import check_combination
 from engine.config.files import CONF_DIR
 from engine.config.record import hydra_job
 from engine.config.schema import PlotConfig, register_configs
 from engine.core.errors import UserError, guarded
 
 
-def check_argv() -> None:
+def check_argv(preflight: bool = True) -> None:
     """Check the command line's overrides before hydra.main runs: one line and exit code 2 on a mistake.
-    model.kwargs / data.kwargs / loss.kwargs keys need no `+` (open_dict_keys)."""
+    model.kwargs / data.kwargs / loss.kwargs keys need no `+` (open_dict_keys). A single run is also preflighted
+    here (its input files, its device), so that a refused command leaves no run folder behind; the jobs of a
+    multirun are preflighted where the launcher runs them."""
     sys.argv[1:] = open_dict_keys(sys.argv[1:])
     try:
-        check_command_line(sys.argv[1:])
+        run_cfg = check_command_line(sys.argv[1:])
+        if run_cfg is not None:
+            from engine.app.stages import preflight as check_run
+
+            if preflight:
+                check_run(run_cfg)
+            else:
+                check_combination(run_cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -82,7 +92,7 @@ def main() -> None:
 def train_main() -> None:
     """`landscape-train`: only the training stage (per-epoch checkpoints and final.pt)."""
     register_configs()
-    check_argv()
+    check_argv(preflight=False)
     _train()
 
 

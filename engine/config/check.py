@@ -200,9 +200,10 @@ def _with_values(cfg: Any, lines: list[str], compose_all: Callable[[], Any]) -> 
     return out
 
 
-def check_overrides(overrides: list[str], multirun: bool = False, config_name: str = "config") -> None:
+def check_overrides(overrides: list[str], multirun: bool = False, config_name: str = "config") -> list[RunConfig]:
     """Compose conf/<config_name> with these command-line overrides (with -m, those of each job of the sweep)
-    and check the result like a run does; any mistake becomes one UserError line naming the key."""
+    and check the result like a run does; any mistake becomes one UserError line naming the key. Returns the
+    jobs' typed configs."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -221,6 +222,7 @@ def check_overrides(overrides: list[str], multirun: bool = False, config_name: s
             if message is not None:
                 raise UserError(message)
     shared, structural, values = _sweeps(parsed) if multirun else ([cast(str, o.input_line) for o in parsed], [], [])
+    jobs: list[RunConfig] = []
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for choice in _spread(structural):
             base = shared + choice
@@ -234,7 +236,8 @@ def check_overrides(overrides: list[str], multirun: bool = False, config_name: s
                     job = _with_values(cfg, swept, again) if swept else cfg
                 except Exception as err:
                     raise _compose_error(err, base + swept) from None
-                to_run_config(job)
+                jobs.append(to_run_config(job)[0])
+    return jobs
 
 
 OPEN_DICTS = ("model.kwargs.", "data.kwargs.", "loss.kwargs.")  # free-form arguments of a model, data set, loss
@@ -246,25 +249,28 @@ def open_dict_keys(argv: list[str]) -> list[str]:
     return [f"++{a}" if a.startswith(OPEN_DICTS) and "=" in a else a for a in argv]
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str]) -> RunConfig | None:
     """Check the overrides of a `landscape`-style command line before hydra.main sees it. Commands that run no
     job (--help, --cfg, --info, ...) or that take their config from elsewhere (-cp, -cd) are left to Hydra; the
-    job itself still refuses unknown keys (to_run_config)."""
+    job itself still refuses unknown keys (to_run_config). Returns the config of a single run (not -m): this
+    process runs it, so the caller can check its files and devices before Hydra makes its run folder."""
     from hydra._internal.utils import get_args_parser
 
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             args, unknown = get_args_parser().parse_known_args(argv)
     except SystemExit:  # --version, or a malformed flag: Hydra's own parser answers it
-        return
+        return None
     if unknown:  # Hydra's parser refuses these too, with its usage text
         raise UserError(f"unrecognized argument(s) {' '.join(unknown)!r}: Hydra's flags (-m, --cfg, -cn, ...) go "
                         f"before the overrides")
     if (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion or args.config_path
             or args.config_dir or args.experimental_rerun):
-        return
+        return None
     multirun = args.multirun or (not args.run and "hydra.mode=MULTIRUN" in args.overrides)
-    check_overrides(open_dict_keys(list(args.overrides)), multirun=multirun, config_name=args.config_name or "config")
+    jobs = check_overrides(open_dict_keys(list(args.overrides)), multirun=multirun,
+                           config_name=args.config_name or "config")
+    return None if multirun else jobs[0]
 
 
 def to_run_config(cfg: DictConfig) -> tuple[RunConfig, dict[str, Any]]:

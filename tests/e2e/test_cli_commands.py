@@ -108,3 +108,12 @@ def test_hydra_multirun_two_models_and_comparison(tmp_path):
                     str(tmp_path / "cmp"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "cmp" / "comparison_accuracy.png").exists()
+
+
+@pytest.mark.parametrize("entry", ["main", "spectrum_main"])
+def test_a_preflight_refusal_leaves_no_run_folder(tmp_path, entry):
+    """A command refused before any work (a missing checkpoint) makes no folder: Hydra never starts its job."""
+    done = run_cli(entry, "model.checkpoint=/no/such.pt", "name=refused", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "checkpoint /no/such.pt does not exist" in done.stderr
+    assert list(tmp_path.iterdir()) == []
