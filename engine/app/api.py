@@ -50,10 +50,15 @@ def spectrum(model: nn.Module, data: Any, loss: LossLike = "cross_entropy", *, l
     cfg, resolved, given = _prepare(model, data, loss, overrides)
     path, found = run_spectrum(cfg, resolved, log=log, given=given)
     xr = _xarray()
-    numbers = {k: v for k, v in found.numbers().items() if v is not None}
-    return xr.Dataset({"eigenvalues": ("k", found.eigenvalues), "density": ("lambda", found.density)},
-                      coords={"k": range(len(found.eigenvalues)), "lambda": found.grid},
-                      attrs={**numbers, "store": str(path)})
+    numbers = {k: v for k, v in found.numbers().items() if v is not None and k != "blocks"}
+    variables: dict[str, Any] = {"eigenvalues": ("k", found.eigenvalues), "density": ("lambda", found.density)}
+    coords: dict[str, Any] = {"k": range(len(found.eigenvalues)), "lambda": found.grid}
+    if found.blocks is not None:  # hessian.blocks: each block's curvature over a `block` axis named like the blocks
+        for name in found.blocks.ARRAYS:
+            variables[f"block_{name}"] = ("block", getattr(found.blocks, name))
+        coords["block"] = list(found.blocks.names)
+        numbers["blocks_kind"] = found.blocks.kind
+    return xr.Dataset(variables, coords=coords, attrs={**numbers, "store": str(path)})
 
 
 def as_split(data: Any) -> AnySplit:

@@ -40,18 +40,25 @@ def ranks_and_devices(env: DistEnv) -> list[str]:
 def write_provenance(run_dir: Path, store: Path, env: DistEnv, ranks: list[str], started: float,
                      seconds: float) -> dict[str, Any]:
     """provenance.json of a run (rank 0) and its contents."""
-    record = {
+    record = provenance_record(env, ranks, get_attribute(store, "fingerprint"), get_attribute(store, "config_hash"),
+                               started, seconds)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def provenance_record(env: DistEnv, ranks: list[str], fingerprint: str | None, config_hash: str | None,
+                      started: float, seconds: float) -> dict[str, Any]:
+    """Versions, devices, weights and config of a run, the command and its wall time (the report's provenance)."""
+    return {
         "engine": VERSION, "torch": torch.__version__, "torch_cuda_build": torch.version.cuda,
         "python": platform.python_version(), "platform": platform.platform(),
         "ranks": env.world_size, "devices": ranks,
-        "fingerprint": get_attribute(store, "fingerprint"), "config_hash": get_attribute(store, "config_hash"),
+        "fingerprint": fingerprint, "config_hash": config_hash,
         "command": " ".join(sys.argv),
         "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(seconds, 3),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def read_provenance(run_dir: Path) -> dict[str, Any]:

@@ -4,18 +4,20 @@ Run: landscape-spectrum model=resnet20 data=synthetic hessian.samples=1024 hessi
      torchrun --nproc_per_node=4 -m engine.run_spectrum ...   (data-parallel Hessian-vector products)
 
 Writes the store's hessian/ group (top-k eigenpairs with their Ritz bounds, SLQ density per run and quadrature,
-per-block curvature with hessian.blocks), spectrum.json (with the convergence flags) and the density, eigenvalue
-and block figures. The same command run again redraws without recomputing; other settings or
-other weights are refused unless store.overwrite=true.
+per-block curvature with hessian.blocks), spectrum.json (with the convergence flags), the density, eigenvalue
+and block figures and report.html (every number, the figures, the config and the provenance). The same command
+run again redraws without recomputing; other settings or other weights are refused unless store.overwrite=true.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from engine.app import stages
-from engine.config.schema import RunConfig
+from engine.app.provenance import provenance_record, ranks_and_devices
+from engine.config.schema import RunConfig, config_hash
 from engine.core.dist import check_same, on_main, process_group
 from engine.curvature.spectra import Spectrum, compute_spectrum, hessian_params, spectrum_json
 from engine.directions.vectors import perturbed
@@ -41,6 +43,7 @@ def spectrum_settings(resolved: dict[str, Any], fingerprint: str) -> dict[str, A
 def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                  given: stages.Given | None = None) -> tuple[Path, Spectrum]:
     """Train or load the model, compute its spectra at theta* (all ranks), and write store, JSON and figures."""
+    start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
@@ -80,20 +83,30 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                 write_spectrum_store(path, computed, settings, resolved)
 
             on_main(env, write)
+        ranks = ranks_and_devices(env)
         if env.is_main:
-            outputs(cfg, spectrum, run_dir, path, say)
+            about = provenance_record(env, ranks, fingerprint, config_hash(resolved), started,
+                                      time.perf_counter() - start)
+            outputs(cfg, spectrum, run_dir, path, say, resolved, about)
     return path, spectrum
 
 
-def outputs(cfg: RunConfig, spectrum: Spectrum, run_dir: Path, path: Path, say: stages.Say) -> None:
-    """spectrum.json, the density and eigenvalue figures (plot.enabled) and the console lines (rank 0)."""
+def outputs(cfg: RunConfig, spectrum: Spectrum, run_dir: Path, path: Path, say: stages.Say,
+            resolved: dict[str, Any], about: dict[str, Any]) -> None:
+    """spectrum.json, the density, eigenvalue and block figures and report.html (plot.enabled) and the console
+    lines (rank 0)."""
     spectrum_json(spectrum, run_dir / "spectrum.json")
     matrix = "GGN" if spectrum.matrix == "ggn" else "Hessian"
     title = f"{cfg.model.name} on {cfg.data.name}, {matrix} at theta*"
-    figures = run_dir / "figures"
     formats = list(cfg.plot.formats)
     if cfg.plot.enabled:
-        draw_spectrum(spectrum, figures, formats=formats, title=title)
+        figures = draw_spectrum(spectrum, run_dir / "figures", formats=formats, title=title)
+        if cfg.plot.html:
+            from engine.figures.report import write_report  # plotly: only when asked
+
+            report = write_report(run_dir, {"spectrum": spectrum.numbers()}, resolved, about, figures,
+                                  f"{title} ({run_dir.name})")
+            say(f"report:  {report}")
     n = spectrum.numbers()
     say(f"lambda_max {n['lambda_max']:.6g}, lambda_min {n['lambda_min']:.6g}, trace {n['trace_hutchinson']:.6g}"
         f" +- {n['trace_stderr']:.2g} (Hutch++ {n['trace_hutchpp']:.6g}); {n['hessian_vector_products']} "

@@ -87,7 +87,14 @@ def draw_report(store_path: str | Path, run_dir: str | Path, figures: list[Path]
 def draw_page(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = None) -> Path:
     """out_dir/landscape.html: the store's interactive page (the coarse preview, marked partial, while the full
     grid is incomplete)."""
-    from engine.figures.pages import line_figures, page, surface_figures, write_page  # plotly: only when asked
+    from engine.figures.pages import (  # plotly: only when asked
+        block_figures,
+        line_figures,
+        page,
+        surface_figures,
+        write_page,
+    )
+    from engine.figures.report import block_table
 
     plot = plot or PlotConfig()
     surface, state = surface_to_draw(store_path)
@@ -104,11 +111,17 @@ def draw_page(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | No
         trajectory = read_array(store_path, "trajectory/coords")
         figures = surface_figures(surface.coords, surface.metrics, title=title, labels=labels, clip=plot.clip,
                                   log_default=log_default, markers=markers, path=trajectory)
+    sections = [("About this page", "")]
+    spectrum = read_spectrum(store_path)
+    if spectrum is not None and spectrum.blocks is not None:
+        blocks = spectrum.blocks.numbers()
+        figures += block_figures(blocks)
+        sections.append((f"Curvature per {blocks['kind']} (hessian.blocks)", block_table(blocks)))
     banner = f"Partial run:{state.strip(' []').removeprefix('partial:')}. Run the same command again to finish it."
     grid = (f"{len(surface.coords[0])}-point line along {labels[0]}" if len(surface.coords) == 1 else
             f"{len(surface.coords[0])}x{len(surface.coords[1])} grid over {labels[0]}, {labels[1]}")
     turn = "" if len(surface.coords) == 1 else "; drag to turn the surface, scroll to zoom"
     about = (f"<p>{grid}; metrics: {', '.join(surface.metrics)}. Hover for values; the buttons switch the loss "
              f"between linear and log scale{turn}.</p>")
-    return write_page(Path(out_dir) / "landscape.html",
-                      page(title, [("About this page", about)], figures, banner if state else ""))
+    sections[0] = ("About this page", about)
+    return write_page(Path(out_dir) / "landscape.html", page(title, sections, figures, banner if state else ""))

@@ -192,6 +192,24 @@ def error_bars(metrics: Mapping[str, np.ndarray], name: str) -> dict[str, Any] |
     return {"type": "data", "array": np.where(np.isfinite(bars), bars, np.nan), "visible": True, "thickness": 1}
 
 
+def block_figures(blocks: Mapping[str, Any]) -> list[tuple[str, go.Figure]]:
+    """Per-block curvature (hessian.blocks, as Spectrum.numbers()["blocks"] holds it): each block's lambda_max and
+    lambda_min with their Ritz residual bounds, and its trace with +-BAND standard errors."""
+    names = [str(n) for n in blocks["names"]]
+
+    def bars(key: str, err: str, scale: float = 1.0) -> go.Bar:
+        return go.Bar(x=names, y=blocks[key], name=key,
+                      error_y={"type": "data", "array": [scale * e for e in blocks[err]], "visible": True})
+
+    eig = go.Figure([bars("lambda_max", "lambda_max_bound"), bars("lambda_min", "lambda_min_bound")])
+    eig.update_layout(barmode="group", height=420, title={"text": f"Per-{blocks['kind']} eigenvalues (Ritz bounds)"},
+                      yaxis={"title": {"text": "eigenvalue"}}, legend={"orientation": "h", "y": -0.3})
+    trace = go.Figure([bars("trace", "trace_stderr", BAND)])
+    trace.update_layout(height=420, title={"text": f"Per-{blocks['kind']} trace (+-{BAND:g} standard errors)"},
+                        yaxis={"title": {"text": "trace"}})
+    return [("blocks-eigenvalues", eig), ("blocks-trace", trace)]
+
+
 def comparison_figure(runs: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]], metric: str,
                       clip: float | None, log_scale: bool) -> go.Figure:
     """One metric of several runs side by side on one shared colour scale (2D), or as lines on one axes (1D)."""

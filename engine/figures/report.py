@@ -47,6 +47,17 @@ def table(rows: Sequence[tuple[str, Any]], keyed: bool = True) -> str:
     return f"<table>{body}</table>"
 
 
+def block_table(blocks: Mapping[str, Any]) -> str:
+    """Per-block curvature as one row per block: its size, lambda_max, lambda_min (each +- its Ritz bound) and
+    trace (+- its standard error)."""
+    head = "<tr><th>block</th><th>parameters</th><th>lambda_max</th><th>+-</th><th>lambda_min</th><th>+-</th>" \
+           "<th>trace</th><th>+-</th></tr>"
+    keys = ("sizes", "lambda_max", "lambda_max_bound", "lambda_min", "lambda_min_bound", "trace", "trace_stderr")
+    rows = "".join(f"<tr data-block='{html.escape(str(name))}'><th>{html.escape(str(name))}</th>"
+                   + "".join(cell(blocks[k][i]) for k in keys) + "</tr>" for i, name in enumerate(blocks["names"]))
+    return f"<table>{head}{rows}</table>"
+
+
 def numbers_sections(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The summary as sections: the run's state first, then each group of numbers under its heading."""
     state = [(k, summary[k]) for k in ("complete", "points_computed", "points_total", "nonfinite_points",
@@ -55,6 +66,9 @@ def numbers_sections(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, head in SECTIONS.items():
         if key in summary and summary[key] is not None:
             sections.append((head, table(flatten(summary[key], key))))
+    blocks = (summary.get("spectrum") or {}).get("blocks")
+    if blocks:
+        sections.append((f"Curvature per {blocks['kind']} (hessian.blocks)", block_table(blocks)))
     rest = [k for k in summary if k not in SECTIONS and k not in dict(state)]
     if rest:
         sections.append(("Other numbers", table(flatten({k: summary[k] for k in rest}))))

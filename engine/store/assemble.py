@@ -53,12 +53,18 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
     out["convexity"] = convexity(loss, coords)
     out["sharpness"] = {"radius": sharpness_radius, "surface": surface_sharpness(loss, coords, sharpness_radius),
                         "epsilon": surface.attrs.get("epsilon_sharpness"),
-                        "adaptive": surface.attrs.get("adaptive_sharpness"),
+                        "adaptive": _results(surface.attrs.get("adaptive_sharpness")),
                         "asymmetry": valley_asymmetry(loss, coords)}
     out.update(error_bars(surface, center, imin))
     if "hessian/ratio" in surface.metrics:
         out["curvature"] = curvature_summary(surface, center)
     return out
+
+
+def _results(computed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result kept in the store's attributes without the settings it was cached under (the result already names
+    them: radius, norm, steps, ...), so summary.json and the report list each setting once."""
+    return None if computed is None else {k: v for k, v in computed.items() if k != "settings"}
 
 
 def error_bars(surface: Surface, center: tuple[int, ...], imin: tuple[int, ...] | None) -> dict[str, Any]:
