@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
 from engine.config.schema import GridConfig
 from engine.store.grid import PREVIEW, make_levels
@@ -32,22 +33,23 @@ def values(metric: str, x: np.ndarray, y: np.ndarray | None = None) -> np.ndarra
     return out
 
 
-def make_store(path: Path, resolution: list[int], *, metrics: tuple[str, ...] = ("loss", "accuracy"),
-               preview: int = 0, trajectory: np.ndarray | None = None, full_done: bool = True,
-               preview_done: bool = True) -> Path:
-    """A store of `resolution` on x in [-1, 1], y in [-0.5, 1.5] filled with `values`, tile by tile (the full grid's
-    tiles only when full_done, the last one left out otherwise; the preview's only when preview_done)."""
+def make_spec(resolution: list[int], *, metrics: tuple[str, ...] = ("loss", "accuracy"), preview: int = 0,
+              trajectory: np.ndarray | None = None) -> StoreSpec:
+    """The spec of a store of `resolution` on x in [-1, 1], y in [-0.5, 1.5], tiles of 3x3, seeded directions."""
     grid = GridConfig(resolution=resolution, x=[-1.0, 1.0], y=[-0.5, 1.5], tile=[3, 3], preview=preview)
-    levels = make_levels(grid)
     g = torch.Generator().manual_seed(0)
     dirs = [[torch.randn(s, generator=g) for s in SHAPES] for _ in resolution]
-    spec = StoreSpec({"model": {"name": "mlp"}, "data": {"name": "synthetic"}, "direction": {"norm": "filter"},
-                      "grid": {"resolution": resolution}}, levels, ["w", "b"], SHAPES, dirs, "f00d", metrics,
-                     attrs={"markers": {"theta*": [0.0] * len(resolution)}},
+    return StoreSpec({"model": {"name": "mlp"}, "data": {"name": "synthetic"}, "direction": {"norm": "filter"},
+                      "grid": {"resolution": resolution}}, make_levels(grid), ["w", "b"], SHAPES, dirs, "f00d",
+                     metrics, attrs={"markers": {"theta*": [0.0] * len(resolution)}},
                      arrays={} if trajectory is None else {"trajectory/coords": trajectory})
-    root = open_store(path, spec)
-    for level, plan in levels.items():
-        full = {m: values(m, *plan.coords) for m in metrics}
+
+
+def fill_tiles(root: zarr.Group, spec: StoreSpec, full_done: bool = True, preview_done: bool = True) -> None:
+    """Write every tile of every level with `values` (the full grid's last tile left out unless full_done, the
+    preview's tiles unless preview_done)."""
+    for level, plan in spec.levels.items():
+        full = {m: values(m, *plan.coords) for m in spec.metrics}
         tiles = plan.tiles()
         if level == PREVIEW and not preview_done:
             tiles = []
@@ -55,4 +57,12 @@ def make_store(path: Path, resolution: list[int], *, metrics: tuple[str, ...] = 
             tiles = tiles[:-1]
         for tile in tiles:
             write_tile(root, plan, tile, {m: a[plan.tile_slices(tile)] for m, a in full.items()}, level)
+
+
+def make_store(path: Path, resolution: list[int], *, metrics: tuple[str, ...] = ("loss", "accuracy"),
+               preview: int = 0, trajectory: np.ndarray | None = None, full_done: bool = True,
+               preview_done: bool = True) -> Path:
+    """A store of make_spec filled with `values`, tile by tile (fill_tiles)."""
+    spec = make_spec(resolution, metrics=metrics, preview=preview, trajectory=trajectory)
+    fill_tiles(open_store(path, spec), spec, full_done, preview_done)
     return path

@@ -1,6 +1,6 @@
 """Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
 `landscape-plot STORE` (redraw from a store), `landscape-export STORE` (VTK files for ParaView) and
-`landscape-spectrum` (Hessian spectra at theta*, no sweep).
+`landscape-spectrum` (Hessian spectra at theta*, no sweep) and `landscape-check STORE...` (damaged chunks listed).
 Bad input ends in one line on stderr and exit code 2; config mistakes are caught before Hydra starts a job
 (engine/config/check.py), so a refused command leaves its run folder as it was.
 
@@ -116,6 +116,32 @@ def export_main(argv: list[str] | None = None) -> None:
     from engine.app.export import main as export
 
     export(argv)
+
+
+def check_main(argv: list[str] | None = None) -> None:
+    """`landscape-check STORE...`: decode every chunk of each store and list what is damaged; exit 1 if any is."""
+    parser = argparse.ArgumentParser(prog="landscape-check", description=check_main.__doc__)
+    parser.add_argument("stores", nargs="+", help="run folders (runs/<name>) or their landscape.zarr / spectrum.zarr")
+    args = parser.parse_args(argv)
+
+    def go() -> bool:
+        from engine.figures.select import store_path
+        from engine.store.check import check_store
+
+        clean = True
+        for given in args.stores:
+            store = store_path(given)
+            if store.suffix != ".zarr" and (store / "spectrum.zarr").exists():  # a landscape-spectrum run folder
+                store = store / "spectrum.zarr"
+            found = check_store(store)
+            clean = clean and not found
+            print(f"{store}: clean" if not found else f"{store}: {len(found)} problem(s); rerun the same "
+                  "`landscape` command to recompute them")
+            for damage in found:
+                print(f"  {damage}")
+        return clean
+
+    sys.exit(0 if guarded(go) else 1)
 
 
 def plot_main(argv: list[str] | None = None) -> None:

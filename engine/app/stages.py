@@ -48,8 +48,10 @@ from engine.sources.structure import to_device
 from engine.sources.train import train_model
 from engine.store.assemble import assemble
 from engine.store.grid import GridPlan
+from engine.store.integrity import summary_line
 from engine.store.layout import StoreSpec, get_attribute, open_existing, open_store, set_attribute
 from engine.store.lease import StoreLease
+from engine.store.repair import repair_store
 from engine.store.spectra import hessian_settings, same_numbers, set_tolerance, stored_spectrum_config, write_spectrum
 from engine.store.tiles import Work, pending_work
 from engine.sweep.runner import choose_batch_size, make_runner
@@ -255,9 +257,15 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
         lease.acquire()
         try:
             open_store(path, spec, overwrite=cfg.store.overwrite)
+            repaired = repair_store(path, spec)
         except BaseException:
             lease.release()
             raise
+        if repaired.damage:
+            message = (f"store {path}: recomputing {repaired.tiles} damaged tile(s) "
+                       f"({summary_line(repaired.damage)})")
+            print(message, flush=True)
+            logging.getLogger("engine").warning(message)
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         write_config_record(run_dir)  # .hydra/ of a CLI job, now that the store accepted this config
 

@@ -29,6 +29,9 @@ from engine.core.flat import flatten
 from engine.core.version import VERSION
 from engine.sources.losses import METRICS
 from engine.store.grid import GridPlan
+from engine.store.integrity import DENSE, metadata_damage
+
+DENSE_WRITES = {"array.write_empty_chunks": True}  # every chunk written, so a missing one is damage (integrity.py)
 
 FORMAT = "landscape-engine/1"  # a landscape store (landscape.zarr)
 SPECTRUM_FORMAT = "landscape-engine/spectrum/1"  # a spectrum-only store (landscape-spectrum's spectrum.zarr)
@@ -57,6 +60,8 @@ def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> za
     """
     path = Path(path)
     if path.exists():
+        if not overwrite:
+            refuse_damaged_root(path)
         attrs = store_attrs(path)
         if attrs is None or attrs.get("creating"):
             if attrs is None and not overwrite:
@@ -75,6 +80,15 @@ def store_attrs(path: Path) -> dict[str, Any] | None:
     except Exception:
         return None
     return attrs if attrs.get("format") == FORMAT else None
+
+
+def refuse_damaged_root(path: Path) -> None:
+    """A store whose root zarr.json does not parse is refused in one line: it holds the config the store was made
+    with, so nothing in it can be trusted to be this run's."""
+    damage = metadata_damage(path, "")
+    if damage is not None:
+        raise UserError(f"store {path}: {damage.file} is damaged ({damage.reason}); set store.overwrite=true to "
+                        "recompute the store, or remove it")
 
 
 def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
@@ -97,16 +111,41 @@ def _check_same(path: Path, attrs: dict[str, Any], spec: StoreSpec) -> None:
         )
 
 
+def create_tile_array(group: zarr.Group, name: str, plan: GridPlan) -> None:
+    """A metric (or standard-error, or curvature-map) array of a level: one chunk per tile, NaN until computed."""
+    group.create_array(name, shape=plan.shape, chunks=plan.tile, dtype="float32", fill_value=np.nan,
+                       dimension_names=plan.dims, overwrite=True)
+
+
+def create_done(group: zarr.Group, plan: GridPlan) -> None:
+    """A level's done flags, one per tile (and one chunk per flag), all unset."""
+    group.create_array("done", shape=plan.tile_grid, chunks=(1,) * plan.ndim, dtype="uint8", fill_value=0,
+                       dimension_names=tuple(f"tile_{d}" for d in plan.dims), overwrite=True)
+
+
+def write_coords(group: zarr.Group, plan: GridPlan) -> None:
+    """A level's coordinate arrays (x, y) from the plan, replacing any there."""
+    with zarr.config.set(DENSE_WRITES):
+        for dim, coords in zip(plan.dims, plan.coords):
+            group.create_array(dim, shape=coords.shape, dtype="float64", dimension_names=(dim,),
+                               overwrite=True)[:] = coords
+
+
+def write_direction(root: zarr.Group, k: int, spec: StoreSpec) -> None:
+    """Direction d<k> of the spec as a flat float32 vector, with the tensor names and shapes in its attributes."""
+    flat = flatten(spec.directions[k]).numpy()
+    with zarr.config.set(DENSE_WRITES):
+        arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
+                                dtype="float32", dimension_names=("param",), overwrite=True)
+        arr[:] = flat
+    arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+
+
 def _create_level(group: zarr.Group, plan: GridPlan, metrics: tuple[str, ...]) -> None:
     for metric in metrics:
-        group.create_array(
-            metric, shape=plan.shape, chunks=plan.tile, dtype="float32", fill_value=np.nan, dimension_names=plan.dims
-        )
-    tile_dims = tuple(f"tile_{d}" for d in plan.dims)
-    group.create_array("done", shape=plan.tile_grid, chunks=(1,) * plan.ndim, dtype="uint8", fill_value=0,
-                       dimension_names=tile_dims)
-    for dim, coords in zip(plan.dims, plan.coords):
-        group.create_array(dim, shape=coords.shape, dtype="float64", dimension_names=(dim,))[:] = coords
+        create_tile_array(group, metric, plan)
+    create_done(group, plan)
+    write_coords(group, plan)
 
 
 def _create(path: Path, spec: StoreSpec) -> zarr.Group:
@@ -115,12 +154,8 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
     root.attrs.update({"format": FORMAT, "creating": True})
     for level, level_plan in spec.levels.items():
         _create_level(root.create_group(level) if level else root, level_plan, spec.metrics)
-    for k, direction in enumerate(spec.directions):
-        flat = flatten(direction).numpy()
-        arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
-                                dtype="float32", dimension_names=("param",))
-        arr[:] = flat
-        arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+    for k in range(len(spec.directions)):
+        write_direction(root, k, spec)
     for name, array in spec.arrays.items():
         root.create_array(name, shape=array.shape, dtype=array.dtype)[...] = array
     root.attrs.update({
@@ -134,6 +169,7 @@ def _create(path: Path, spec: StoreSpec) -> zarr.Group:
         "tile": list(plan.tile),
         "levels": [level for level in spec.levels if level],
         "metrics": list(spec.metrics),
+        DENSE: True,
     })
     return root
 
@@ -146,6 +182,8 @@ def level_group(root: zarr.Group, level: str) -> zarr.Group:
 def open_existing(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     """A finished landscape store, for reading ('r') or for adding results to it ('r+'); refused otherwise."""
     path = Path(path)
+    if path.exists():
+        refuse_damaged_root(path)
     attrs = store_attrs(path) if path.exists() else None
     if attrs is None or attrs.get("creating"):
         raise UserError(f"{path} is not a landscape store (expected a .zarr folder written by `landscape`)")

@@ -21,6 +21,7 @@ from engine.config.schema import ADDED_DEFAULTS
 from engine.core.errors import UserError
 from engine.curvature.blocks import BlockSpectra
 from engine.curvature.spectra import DEFAULT_TOLERANCE, Spectrum
+from engine.store.integrity import read_whole
 from engine.store.layout import SPECTRUM_FORMAT, open_existing
 
 _ARRAYS = ("eigenvalues", "eigenvectors", "density_grid", "density", "slq_nodes", "slq_weights")
@@ -65,12 +66,13 @@ def _array(group: zarr.Group, name: str, array: np.ndarray, dims: tuple[str, ...
 def read_spectrum(path: str | Path) -> Spectrum | None:
     """The spectrum stored under hessian/ of a store, or None when it has none."""
     try:
-        group = zarr.open_group(path, mode="r")["hessian"]
+        root = zarr.open_group(path, mode="r")
+        group = root["hessian"]
     except (KeyError, FileNotFoundError):
         return None
     if not isinstance(group, zarr.Group) or "spectrum" not in group.attrs:
         return None
-    a = {name: np.asarray(cast(zarr.Array, group[name])[...]) for name in _ARRAYS + _ADDED if name in group}
+    a = {name: read_whole(root, Path(path), f"hessian/{name}") for name in _ARRAYS + _ADDED if name in group}
     n = dict(cast("dict[str, Any]", group.attrs["spectrum"]))
     pp_stderr = None  # an older store's: Hutch++ had no error
     if "trace_hutchpp_stderr" in n:  # None in JSON: NaN, too few probes for an error

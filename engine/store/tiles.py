@@ -9,7 +9,7 @@ import zarr
 
 from engine.sources.losses import is_stderr
 from engine.store.grid import GridPlan
-from engine.store.layout import level_group
+from engine.store.layout import DENSE_WRITES, level_group
 
 Work = tuple[str, tuple[int, ...]]  # (level, tile index): '' is the full grid, 'preview' the coarse lattice
 
@@ -26,10 +26,11 @@ def write_tile(
     """Write one tile's metric chunks, then (only then) its done flag. A store made before standard errors were
     stored has no `<metric>_stderr` arrays: a resumed sweep leaves them out there rather than half-filling new ones."""
     group, sl = level_group(root, level), plan.tile_slices(tile)
-    for metric, array in values.items():
-        if is_stderr(metric) and metric not in group:
-            continue
-        cast(zarr.Array, group[metric])[sl] = array
+    with zarr.config.set(DENSE_WRITES):  # an all-NaN tile too, so a missing chunk is damage (store/integrity.py)
+        for metric, array in values.items():
+            if is_stderr(metric) and metric not in group:
+                continue
+            cast(zarr.Array, group[metric])[sl] = array
     cast(zarr.Array, group["done"])[tuple(slice(i, i + 1) for i in tile)] = 1
 
 

@@ -48,8 +48,10 @@ def spec(cfg: dict[str, Any] | None = None, fingerprint: str = "f00d", grid: Gri
 
 
 def tile_values(plan, tile, value: float) -> dict[str, np.ndarray]:
+    """Every array of the store (as a sweep writes them): a tile missing one reads as damaged."""
     shape = plan.tile_shape(tile)
-    return {"loss": np.full(shape, value, np.float32), "accuracy": np.full(shape, value / 10, np.float32)}
+    return {"loss": np.full(shape, value, np.float32), "accuracy": np.full(shape, value / 10, np.float32),
+            "loss_stderr": np.full(shape, value / 100, np.float32), "accuracy_stderr": np.zeros(shape, np.float32)}
 
 
 def test_new_store_has_every_array_chunked_by_tile_and_the_attributes(tmp_path: Path) -> None:
