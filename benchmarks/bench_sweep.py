@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""python benchmarks/bench_sweep.py [--workload mlp|resnet20|all] [--points N] [--repeats R] [--threads T]
+"""python benchmarks/bench_sweep.py [--workload mlp|resnet20|all] [--points N] [--repeats R] [--threads T] [--no-naive]
 
 Milliseconds per grid point of a loss-landscape sweep, measured in one process on the same model, data
 and grid points:
@@ -7,6 +7,12 @@ and grid points:
 - naive: the seed document's method; per point copy.deepcopy(model), a new state dict
   theta* + a*d1 + b*d2 over every state_dict entry, load_state_dict, then a DataLoader pass under
   torch.no_grad() with .item() per batch;
+- loss-landscapes (MLP only; the `bench` extra): the loss-landscapes package's
+  random_plane(model, Loss(cross_entropy, x, y), distance, steps=21, normalization="filter", deepcopy_model=True), the
+  whole 21 x 21 plane per call, all samples as one batch (what the engine's MLP batch is). Per point it adds a
+  direction to the live parameters in place (a Python loop over tensors), runs the forward (parameters do not require
+  grad) and reads the mean loss with .item(): no accuracy, no float64 sums, no standard errors, no store. Its
+  ms/point is the call's time (setup, directions included) / 441;
 - engine in place: engine.sweep.perturb.Perturber.set + engine.sources.losses.evaluate over device batches built
   once (what engine.sweep.tiles.sweep_tiles does per point, without the store), at the engine's batch size
   and, where it differs, also at the naive loader's batch size (to separate method from batch size);
@@ -24,7 +30,9 @@ and grid points:
   skips the cached layer's matmul, so its ratio to the dense floor is not a ratio to its own work: both ratios
   are printed. Neither floor counts elementwise work (the cached layer's axpys, ReLU, BatchNorm, the loss).
 
-Naive and the engine variants run on the same points, each back to back over them, alternating rounds.
+Naive and the engine variants run on the same points, each back to back over them, alternating rounds; loss-landscapes
+runs its whole plane once in each of the same rounds, and its ratio to the engine's sweep_tiles (whose runs follow the
+rounds) is printed.
 Engine (both batch sizes) and the sweep_tiles store are checked against naive at a few grid points.
 """
 
@@ -81,6 +89,7 @@ class Workload:
     naive_batch: int
     default_points: int
     ks: tuple[int, ...]  # points per vmap pass to time
+    loss_landscapes: bool = False  # also time the loss-landscapes package's random_plane on the whole grid
     channels_last_batch: int | None = None  # also time the K=1 path in channels_last at this batch size
 
 
@@ -96,7 +105,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 WORKLOADS = {
     "mlp": Workload(
         "mlp", "MLP 64-128-128-10 on 1797 digits", lambda: MLP(64, [128, 128], 10), digits, 21, 1797, 128, 441,
-        (8, 32, 64),
+        (8, 32, 64), loss_landscapes=True,
     ),
     "resnet20": Workload(
         "resnet20",
@@ -143,6 +152,17 @@ class Naive:
         return {"loss": loss / count, "accuracy": correct / count}
 
 
+def loss_landscapes_plane(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Seconds of one loss-landscapes random_plane over steps x steps points (directions and model copy included)."""
+    from loss_landscapes import random_plane  # the bench extra: pip install -e .[bench]
+    from loss_landscapes.metrics import Loss
+
+    metric = Loss(nn.CrossEntropyLoss(), x, y)
+    start = time.perf_counter()
+    random_plane(model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True)
+    return time.perf_counter() - start
+
+
 def engine_points(model: nn.Module, batches: Batches, perturber: Perturber,
                   points: Sequence[Point]) -> list[dict[str, float]]:
     """The engine's K=1 path per point: set the live tensors in place, evaluate; theta* restored after."""
@@ -163,13 +183,19 @@ def rewritten_runner(model: nn.Module, names: list[str], perturber: Perturber, d
     return PointRunner(model, perturber, batches, fast=fast)
 
 
-def round_ms(naive: Naive, model: nn.Module, perturber: Perturber, engine_batches: dict[str, Batches],
-             points: Sequence[Point], runners: dict[str, PointRunner]) -> dict[str, float]:
-    """One round: naive over all points, then each engine variant over the same points; ms/point each."""
-    start = time.perf_counter()
-    for coords in points:
-        naive.point(coords)
-    out = {"naive": (time.perf_counter() - start) * 1e3 / len(points)}
+def round_ms(naive: Naive | None, model: nn.Module, perturber: Perturber, engine_batches: dict[str, Batches],
+             points: Sequence[Point], runners: dict[str, PointRunner],
+             plane: Callable[[], float] | None = None, plane_points: int = 1) -> dict[str, float]:
+    """One round: naive over all points (unless None), loss-landscapes' plane (if given), then each engine variant
+    over the same points; ms/point each."""
+    out = {}
+    if naive is not None:
+        start = time.perf_counter()
+        for coords in points:
+            naive.point(coords)
+        out["naive"] = (time.perf_counter() - start) * 1e3 / len(points)
+    if plane is not None:
+        out["loss-landscapes"] = plane() * 1e3 / plane_points
     for key, batches in engine_batches.items():
         start = time.perf_counter()
         engine_points(model, batches, perturber, points)
@@ -235,7 +261,7 @@ def check_close(got: dict[str, float], want: dict[str, float], count: int, what:
     return rel
 
 
-def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -> None:
+def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float, time_naive: bool = True) -> None:
     """Set up one workload, verify, time every method and print its table."""
     ks = w.ks
     torch.manual_seed(0)
@@ -283,8 +309,13 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
             got = {m: float(v[0]) for m, v in runner.run(np.array([coords] * runner.k)).items()}
             runner.perturber.restore()
             worst = max(worst, check_close(got, ref, len(y), f"{key} at {coords}"))
-    round_ms(naive, model, perturber, engine_batches, points[: max(2, *(r.k for r in runners.values()))], runners)
-    runs = [round_ms(naive, model, perturber, engine_batches, points, runners) for _ in range(repeats)]
+    ll_model = copy.deepcopy(model)  # at theta*: the runners below leave the live model at their last point
+    plane = (lambda: loss_landscapes_plane(ll_model, x, y, w.resolution)) if w.loss_landscapes else None
+    timed_naive = naive if time_naive else None
+    round_ms(timed_naive, model, perturber, engine_batches, points[: max(2, *(r.k for r in runners.values()))],
+             runners, plane, w.resolution**2)
+    runs = [round_ms(timed_naive, model, perturber, engine_batches, points, runners, plane, w.resolution**2)
+            for _ in range(repeats)]
     ms = {key: [r[key] for r in runs] for key in runs[0]}
     best_key = min(runners, key=lambda key: statistics.median(ms[key]))
     best_faster = statistics.median(ms[best_key]) < statistics.median(ms["engine"])
@@ -297,9 +328,12 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
     warm_spec = StoreSpec({"benchmark": {"warmup": w.name}}, {"": warm_plan}, names, spec.shapes, directions,
                           spec.fingerprint)
     sweep_s: list[float] = []
+    plane_ms: list[float] = []  # loss-landscapes' plane, each run right before one sweep_tiles run (paired)
     with tempfile.TemporaryDirectory() as tmp:
         timed_sweep(best, warm_plan, warm_spec, Path(tmp) / "warmup.zarr")
         while len(sweep_s) < repeats and (not sweep_s or sum(sweep_s) < SWEEP_REPEAT_BUDGET_S):
+            if plane is not None:
+                plane_ms.append(plane() * 1e3 / w.resolution**2)
             sweep_s.append(timed_sweep(best, plan, spec, Path(tmp) / "sweep.zarr"))
         surface = read_surface(Path(tmp) / "sweep.zarr")
     for (i, j), coords, ref in zip(check_idx, check, want):
@@ -307,6 +341,8 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
         worst = max(worst, check_close(got, ref, len(y), f"sweep_tiles store at {coords}"))
     total = int(np.prod(plan.shape))
     ms["sweep"] = [s * 1e3 / total for s in sweep_s]
+    if plane_ms:
+        ms["loss-landscapes"] += plane_ms
 
     flops = point_flops(model, batches)
     floor_ms = flops / rate * 1e3
@@ -324,12 +360,21 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
           f"engine {w.engine_batch} ({len(batches)} batch(es)/point)")
     print(f"verified: engine in place and sweep_tiles store vs naive at {len(check)} grid points, "
           f"max loss rel diff {worst:.1e} (tol {REL_TOL:g})")
-    print(f"timed: naive and engine on the same {len(points)} of {total} points, back to back per method, "
+    timed_naive_text = "naive and engine" if time_naive else "engine (naive not timed)"
+    print(f"timed: {timed_naive_text} on the same {len(points)} of {total} points, back to back per method, "
           f"methods alternating over {repeats} rounds, median;")
     print(f"       sweep_tiles on all {total} points ({plan.tile_grid[0] * plan.tile_grid[1]} tile(s) of "
           f"{plan.tile[0]}x{plan.tile[1]}), median of {len(sweep_s)} run(s)")
-    rows = [
-        ("naive (deepcopy + load_state_dict + DataLoader)", med["naive"], min(ms["naive"])),
+    if plane_ms:
+        print(f"       loss-landscapes random_plane on all {total} points, once per round and once before each "
+              f"sweep_tiles run, median of {len(ms['loss-landscapes'])}")
+    rows = []
+    if "naive" in med:
+        rows.append(("naive (deepcopy + load_state_dict + DataLoader)", med["naive"], min(ms["naive"])))
+    if "loss-landscapes" in med:
+        rows.append(("loss-landscapes random_plane(normalization='filter'), one batch", med["loss-landscapes"],
+                     min(ms["loss-landscapes"])))
+    rows += [
         (f"engine in place (Perturber.set + evaluate), B={w.engine_batch}", med["engine"], min(ms["engine"])),
     ]
     if "engine_naive_batch" in med:
@@ -348,20 +393,26 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float) -
     print(f"{'method':<{width}}  {'ms/point':>10}  {'best':>10}")
     for label, median, best in rows:
         print(f"{label:<{width}}  {median:>10.3f}  {best:>10.3f}")
-    naive, engine, sweep = med["naive"], med["engine"], med["sweep"]
+    naive, engine, sweep = med.get("naive", 0.0), med["engine"], med["sweep"]
     fastest_key = best_key if med[best_key] < engine else "K=1"
     fastest = min(engine, med[best_key])
     fastest_floor, fastest_floor_ms = floor_of(fastest_key)
     rewritten = med["K=1 rewritten"]
-    print(f"ratios: naive/engine {naive / engine:.2f}x, engine K=1/dense floor {engine / floor_ms:.2f}x, "
-          f"naive/dense floor {naive / floor_ms:.2f}x, naive/best {naive / fastest:.2f}x, "
+    if plane_ms:
+        paired = statistics.median(s / p for s, p in zip(ms["sweep"], plane_ms))
+        ll = med["loss-landscapes"]
+        print(f"vs loss-landscapes: engine sweep_tiles/LL {paired:.2f}x (paired runs), best engine "
+              f"({fastest_key})/LL {fastest / ll:.2f}x, LL/dense floor {ll / floor_ms:.2f}x")
+    naive_ratios = (f"naive/engine {naive / engine:.2f}x, naive/dense floor {naive / floor_ms:.2f}x, "
+                    f"naive/best {naive / fastest:.2f}x, ") if "naive" in med else ""
+    print(f"ratios: {naive_ratios}engine K=1/dense floor {engine / floor_ms:.2f}x, "
           f"sweep_tiles/best {sweep / fastest:.2f}x")
     print(f"        K=1 rewritten/dense floor {rewritten / floor_ms:.2f}x, "
           f"K=1 rewritten/rewritten floor (its own work) {rewritten / own_floor_ms:.2f}x")
     own = f", best engine/rewritten floor (its own work) {fastest / fastest_floor_ms:.2f}x"
     print(f"        best engine ({fastest_key})/dense floor {fastest / floor_ms:.2f}x"
           + (own if fastest_floor == "rewritten" else ""))
-    if "engine_naive_batch" in med:
+    if "engine_naive_batch" in med and "naive" in med:
         print(f"        naive/engine at equal batch size {naive / med['engine_naive_batch']:.2f}x")
 
 
@@ -376,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host-malloc", choices=["on", "off"], default="on",
                         help="engine.core.hostalloc.keep_freed_memory for the whole process, as a CPU run does (it "
                              "then also speeds up the naive loop and the matmul rate: the ratios stay fair)")
+    parser.add_argument("--no-naive", action="store_true",
+                        help="do not time the naive loop (still run at the check points to verify the engine)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -384,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, glibc freed-memory reuse "
           f"{'on' if malloc else 'off'}, fp32 torch.mm 2048x2048 best of 5: {rate / 1e9:.1f} GFLOP/s")
     for name in WORKLOADS if args.workload == "all" else [args.workload]:
-        run_workload(WORKLOADS[name], args.points, args.repeats, rate)
+        run_workload(WORKLOADS[name], args.points, args.repeats, rate, not args.no_naive)
 
 
 if __name__ == "__main__":
