@@ -252,6 +252,8 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
     run_dir, path = run_dir_of(cfg), store_path_of(cfg)
     lease = StoreLease(path, ttl=cfg.store.lease_ttl)
 
+    notes: list[str] = []
+
     def create() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         lease.acquire()
@@ -265,7 +267,7 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
             message = (f"store {path}: recomputing {repaired.tiles} damaged tile(s) "
                        f"({summary_line(repaired.damage)})")
             print(message, flush=True)
-            logging.getLogger("engine").warning(message)
+            notes.append(message)  # into rank 0's log once it is open (the console has it already)
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
         write_config_record(run_dir)  # .hydra/ of a CLI job, now that the store accepted this config
 
@@ -273,6 +275,8 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
     try:
         barrier()
         rank_log(run_dir, env)  # only once the store accepted this config: a refused rerun leaves the folder as it was
+        for note in notes:
+            logging.getLogger("engine").warning(note)
         if cfg.eval.host_malloc and env.device.type == "cpu":
             keep_freed_memory()
         yield path

@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""python benchmarks/bench_memory.py [--layers 12] [--width 768] [--vocab 2000] [--work DIR]
+
+Peak resident memory of a `landscape` sweep of a GPT-2-small-shaped causal LM (12 layers x 768 wide, a vocabulary
+of 2000 from a byte-level BPE tokenizer trained here: about 87M parameters, 347 MB in float32), built from a config
+and saved with save_pretrained, swept 3x3 over 8 test blocks of 128 tokens of a generated text file. Each setting runs
+as its own process under `/usr/bin/time -v` ("Maximum resident set size"); the baseline is a process that imports
+the engine, torch and transformers and loads the same model once (what any run must hold), measured the same way in
+the same run. Printed per setting: peak RSS, peak beyond the baseline, that over the weights' float32 bytes (the
+issue's "x the weights") and in bytes per parameter, and the wall time.
+
+Settings: the engine's own choices (batch size and K timed), and eval.batch_size=8 eval.points_per_pass=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ["the", "model", "loss", "basin", "sharp", "flat", "minimum", "weight", "direction", "plane", "grid", "point",
+         "curve", "valley", "ridge", "step", "data", "train", "test", "batch", "layer", "norm", "label", "path"]
+LOAD = ("import engine, torch, transformers; m = transformers.AutoModelForCausalLM.from_pretrained({path!r}); "
+        "print(sum(p.numel() for p in m.parameters()))")
+
+
+def write_model(folder: Path, layers: int, width: int, vocab: int) -> None:
+    """The tokenizer trained on the corpus and a seeded GPT-2 of this shape, saved as safetensors."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    text = (folder.parent / "corpus.txt").read_text()
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator([text], trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                         show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>", bos_token="<|endoftext|>", model_max_length=128)
+    tokenizer.save_pretrained(folder)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=12, n_positions=128, vocab_size=len(tokenizer),
+                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+def peak(cmd: list[str], cwd: Path) -> tuple[int, float, str]:
+    """(maximum resident set size in bytes, wall seconds, stdout) of cmd run under /usr/bin/time -v."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))  # type: ignore[union-attr]
+    return kb * 1024, seconds, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--vocab", type=int, default=2000)
+    parser.add_argument("--work", default=None, help="folder for the model and runs (default: a temporary one)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    corpus = work / "corpus.txt"
+    if not corpus.exists():  # 80 test blocks of 128 tokens at the default test fraction: enough for 8
+        corpus.write_text(" ".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 12))).capitalize() + "."
+                                   for _ in range(12000)))
+    model = work / "model"
+    if not (model / "model.safetensors").exists():
+        write_model(model, args.layers, args.width, args.vocab)
+    base, _, out = peak([sys.executable, "-c", LOAD.format(path=str(model))], work)
+    params = int(out.strip().splitlines()[-1])
+    weights = 4 * params
+    print(f"GPT-2 {args.layers} layers x {args.width}, vocab {args.vocab}: {params / 1e6:.1f}M parameters, "
+          f"{weights / 1e6:.0f} MB in float32; baseline (imports + the model loaded once) {base / 1e9:.2f} GB peak")
+    common = ["model=hf", f"model.path={model}", "data=text", f"data.path={corpus}", "loss=causal_lm",
+              "grid.resolution=[3,3]", "grid.preview=0", "eval.samples=8", "summary.epsilon=null",
+              "summary.adaptive_radius=null", "eval.progress=false", "plot.formats=[png]"]
+    settings = {"engine's choices": [], "batch 8, K=1": ["eval.batch_size=8", "eval.points_per_pass=1"]}
+    print(f"{'setting':<18}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'wall s':>9}")
+    for k, (name, extra) in enumerate(settings.items()):
+        cli = [sys.executable, "-c", "from engine.app.cli import main; main()"]
+        rss, seconds, _ = peak([*cli, *common, *extra, f"name=run{k}", f"out_dir={work / 'runs'}",
+                                "store.overwrite=true"], work)
+        beyond = rss - base
+        print(f"{name:<18}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}{beyond / params:>13.1f}"
+              f"{seconds:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
