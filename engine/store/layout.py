@@ -25,7 +25,7 @@ import zarr
 
 from engine.config.schema import config_diff, config_hash
 from engine.core.errors import UserError
-from engine.core.flat import flatten
+from engine.core.flat import flat_chunks
 from engine.core.version import VERSION
 from engine.sources.losses import METRICS
 from engine.store.grid import GridPlan
@@ -33,6 +33,7 @@ from engine.store.integrity import DENSE, metadata_damage
 
 DENSE_WRITES = {"array.write_empty_chunks": True}  # every chunk written, so a missing one is damage (integrity.py)
 
+DIRECTION_CHUNK = 1 << 22  # entries per chunk of a stored direction (16 MB of float32)
 FORMAT = "landscape-engine/1"  # a landscape store (landscape.zarr)
 SPECTRUM_FORMAT = "landscape-engine/spectrum/1"  # a spectrum-only store (landscape-spectrum's spectrum.zarr)
 
@@ -132,12 +133,15 @@ def write_coords(group: zarr.Group, plan: GridPlan) -> None:
 
 
 def write_direction(root: zarr.Group, k: int, spec: StoreSpec) -> None:
-    """Direction d<k> of the spec as a flat float32 vector, with the tensor names and shapes in its attributes."""
-    flat = flatten(spec.directions[k]).numpy()
+    """Direction d<k> of the spec as a flat float32 vector, with the tensor names and shapes in its attributes;
+    written chunk by chunk from the tensors, so no copy of the whole direction is ever made."""
+    size = sum(t.numel() for t in spec.directions[k])
+    chunk = max(1, min(size, DIRECTION_CHUNK))
     with zarr.config.set(DENSE_WRITES):
-        arr = root.create_array(f"directions/d{k}", shape=flat.shape, chunks=(min(len(flat), 1 << 22),),
+        arr = root.create_array(f"directions/d{k}", shape=(size,), chunks=(chunk,),
                                 dtype="float32", dimension_names=("param",), overwrite=True)
-        arr[:] = flat
+        for start, values in flat_chunks(spec.directions[k], chunk):
+            arr[start:start + len(values)] = values
     arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from engine.core.flat import flatten, unflatten
+from engine.core.flat import flat_chunks, flatten, unflatten
 
 
 def tensors() -> list[torch.Tensor]:
@@ -43,3 +45,16 @@ def test_unflatten_round_trips_shapes_and_dtypes():
     assert all(t.dtype == torch.float32 for t in plain)
     assert torch.equal(plain[0], ts[0]) and torch.equal(plain[1], ts[1].float())
     assert unflatten(torch.zeros(0), []) == []
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 90, 1000])
+def test_flat_chunks_are_flatten_piece_by_piece(chunk: int) -> None:
+    """Consecutive pieces of `chunk` entries (the last shorter), starting where the previous ended, that join to
+    flatten's vector bit for bit, across tensor boundaries and dtypes."""
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(4, 5, generator=g), torch.randn(3, generator=g).double(), torch.randn(2, 3, 4, generator=g),
+               torch.randn(0, generator=g), torch.randn(1, generator=g).half()]
+    pieces = list(flat_chunks(tensors, chunk))
+    assert [s for s, _ in pieces] == list(range(0, sum(t.numel() for t in tensors), chunk))
+    assert all(len(v) == chunk for _, v in pieces[:-1]) and 0 < len(pieces[-1][1]) <= chunk
+    assert np.array_equal(np.concatenate([v for _, v in pieces]), flatten(tensors).numpy())
