@@ -13,7 +13,7 @@ from torch import nn
 from engine.config.schema import DirectionConfig
 from engine.directions import checkpoints
 from engine.directions.kinds import Directions
-from engine.directions.vectors import PerturbedTensors, load_directions, normalize, random_raw
+from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, random_raw
 
 HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim Hessian eigenvectors at theta*
 
@@ -44,4 +44,4 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
         raw = hessian_axes(ndim)
     else:
         raw = load_directions(cast(str, d.path), target.names, theta, ndim)  # set: DirectionConfig checks it
-    return Directions([normalize(r, coordinates, d.norm, d.ignore, logged, target.rows) for r in raw])
+    return Directions(normalize_all(raw, coordinates, d.norm, d.ignore, logged, target.rows))

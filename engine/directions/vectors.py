@@ -131,6 +131,23 @@ def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: st
     return out
 
 
+def normalize_all(raw: list[list[torch.Tensor]], theta: list[torch.Tensor], norm: str, ignore: str,
+                  logged: list[bool] | None = None, rows: list[int] | None = None) -> list[list[torch.Tensor]]:
+    """normalize() of every raw direction, each raw tensor let go of (removed from `raw`) once its normalized one
+    exists: the raw and normalized directions together never hold more than `count` copies of the weights plus one
+    tensor (a large model's directions stage would otherwise hold two of each)."""
+    out = []
+    for direction in raw:
+        done = []
+        for i in range(len(direction)):
+            one = normalize(direction[i : i + 1], theta[i : i + 1], norm, ignore,
+                            None if logged is None else logged[i : i + 1], None if rows is None else rows[i : i + 1])
+            done.append(one[0])
+            direction[i] = done[-1]  # the raw tensor's last reference goes here
+        out.append(done)
+    return out
+
+
 def random_raw(theta: list[torch.Tensor], count: int, seed: int) -> list[list[torch.Tensor]]:
     """`count` seeded Gaussian directions shaped like theta, not yet normalized; drawn on the CPU in float32 so
     every device agrees."""
@@ -143,7 +160,7 @@ def random_directions(
     theta: list[torch.Tensor], count: int, seed: int, norm: str, ignore: str, logged: list[bool] | None = None
 ) -> list[list[torch.Tensor]]:
     """`count` seeded Gaussian directions, normalized against theta."""
-    return [normalize(raw, theta, norm, ignore, logged) for raw in random_raw(theta, count, seed)]
+    return normalize_all(random_raw(theta, count, seed), theta, norm, ignore, logged)
 
 
 def load_directions(

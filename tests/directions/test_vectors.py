@@ -3,6 +3,8 @@ variances in log space), loading from files."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -104,3 +106,20 @@ def test_states_directions_log_space_mask_and_unit_rms(net):
     for d, m in zip(dirs[0], logged):
         if m:  # unit root-mean-square in log space: a factor of about e at coordinate 1
             assert d.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["filter", "layer", "none"])
+def test_normalize_all_equals_normalize_and_lets_go_of_the_raw_tensors(norm: str) -> None:
+    """normalize_all gives normalize's directions bit for bit, and no raw tensor is referenced from the raw lists
+    afterwards (so a large model's raw draws are freed as the normalized ones are made)."""
+    from engine.directions.vectors import normalize, normalize_all, random_raw
+
+    g = torch.Generator().manual_seed(0)
+    theta = [torch.randn(6, 3, 2, 2, generator=g), torch.randn(6, generator=g), torch.randn(4, 24, generator=g)]
+    want = [normalize(r, theta, norm, "biasbn", None, [0, 0, 1]) for r in random_raw(theta, 2, 7)]
+    raw = random_raw(theta, 2, 7)
+    drawn = [weakref.ref(t) for r in raw for t in r]
+    got = normalize_all(raw, theta, norm, "biasbn", None, [0, 0, 1])
+    for a, b in zip(got, want):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert raw and all(ref() is None for ref in drawn)  # the raw lists are alive, the draws are gone
