@@ -5,9 +5,9 @@ Peak resident memory of a `landscape` sweep of a GPT-2-small-shaped causal LM (1
 of 2000 from a byte-level BPE tokenizer trained here: about 87M parameters, 347 MB in float32), built from a config
 and saved with save_pretrained, swept 3x3 over 8 test blocks of 128 tokens of a generated text file. Each setting runs
 as its own process under `/usr/bin/time -v` ("Maximum resident set size"); the baseline is a process that imports
-the engine, torch and transformers and loads the same model once (what any run must hold), measured the same way in
-the same run. Printed per setting: peak RSS, peak beyond the baseline, that over the weights' float32 bytes (the
-issue's "x the weights") and in bytes per parameter, and the wall time.
+the engine's CLI, torch and transformers (no model), measured the same way in the same run. Printed per setting:
+peak RSS, peak beyond the baseline, that over the weights' float32 bytes ("x the weights": the model itself, theta*,
+the two directions and the activations together; the floor is about 4) and in bytes per parameter, and wall time.
 
 Settings: the engine's own choices (batch size and K timed), and eval.batch_size=8 eval.points_per_pass=1.
 """
@@ -25,8 +25,9 @@ from pathlib import Path
 
 WORDS = ["the", "model", "loss", "basin", "sharp", "flat", "minimum", "weight", "direction", "plane", "grid", "point",
          "curve", "valley", "ridge", "step", "data", "train", "test", "batch", "layer", "norm", "label", "path"]
-LOAD = ("import engine, torch, transformers; m = transformers.AutoModelForCausalLM.from_pretrained({path!r}); "
-        "print(sum(p.numel() for p in m.parameters()))")
+BASE = "import engine.app.cli, torch, transformers"  # the process baseline: what any run imports, no model
+COUNT = ("import transformers; m = transformers.AutoModelForCausalLM.from_pretrained({path!r}); "
+         "print(sum(p.numel() for p in m.parameters()))")
 
 
 def write_model(folder: Path, layers: int, width: int, vocab: int) -> None:
@@ -80,11 +81,12 @@ def main() -> None:
     model = work / "model"
     if not (model / "model.safetensors").exists():
         write_model(model, args.layers, args.width, args.vocab)
-    base, _, out = peak([sys.executable, "-c", LOAD.format(path=str(model))], work)
-    params = int(out.strip().splitlines()[-1])
+    params = int(subprocess.run([sys.executable, "-c", COUNT.format(path=str(model))], capture_output=True,
+                                text=True, check=True).stdout.strip().splitlines()[-1])
+    base = peak([sys.executable, "-c", BASE], work)[0]
     weights = 4 * params
     print(f"GPT-2 {args.layers} layers x {args.width}, vocab {args.vocab}: {params / 1e6:.1f}M parameters, "
-          f"{weights / 1e6:.0f} MB in float32; baseline (imports + the model loaded once) {base / 1e9:.2f} GB peak")
+          f"{weights / 1e6:.0f} MB in float32; process baseline (the imports, no model) {base / 1e9:.2f} GB peak")
     common = ["model=hf", f"model.path={model}", "data=text", f"data.path={corpus}", "loss=causal_lm",
               "grid.resolution=[3,3]", "grid.preview=0", "eval.samples=8", "summary.epsilon=null",
               "summary.adaptive_radius=null", "eval.progress=false", "plot.formats=[png]"]
