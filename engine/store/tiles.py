@@ -21,17 +21,28 @@ def pending_tiles(root: zarr.Group, plan: GridPlan, level: str = "") -> list[tup
 
 
 def write_tile(
-    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = ""
+    root: zarr.Group, plan: GridPlan, tile: tuple[int, ...], values: dict[str, np.ndarray], level: str = "",
+    arrays: dict[str, zarr.Array | None] | None = None,
 ) -> None:
     """Write one tile's metric chunks, then (only then) its done flag. A store made before standard errors were
-    stored has no `<metric>_stderr` arrays: a resumed sweep leaves them out there rather than half-filling new ones."""
+    stored has no `<metric>_stderr` arrays: a resumed sweep leaves them out there rather than half-filling new ones.
+    `arrays` keeps the arrays opened across the tiles of a sweep (opening one reads its metadata, about a
+    millisecond, six times a tile)."""
     group, sl = level_group(root, level), plan.tile_slices(tile)
+    arrays = {} if arrays is None else arrays
+
+    def array(name: str) -> zarr.Array | None:
+        key = f"{level}/{name}"
+        if key not in arrays:
+            arrays[key] = None if is_stderr(name) and name not in group else cast(zarr.Array, group[name])
+        return arrays[key]
+
     with zarr.config.set(DENSE_WRITES):  # an all-NaN tile too, so a missing chunk is damage (store/integrity.py)
-        for metric, array in values.items():
-            if is_stderr(metric) and metric not in group:
-                continue
-            cast(zarr.Array, group[metric])[sl] = array
-    cast(zarr.Array, group["done"])[tuple(slice(i, i + 1) for i in tile)] = 1
+        for metric, data in values.items():
+            target = array(metric)
+            if target is not None:
+                target[sl] = data
+    cast(zarr.Array, array("done"))[tuple(slice(i, i + 1) for i in tile)] = 1
 
 
 def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:

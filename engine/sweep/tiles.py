@@ -45,6 +45,7 @@ def sweep_tiles(
     seq = next(_SWEEPS)
     claims, points = TileCounter(env, f"sweep{seq}/claims"), TileCounter(env, f"sweep{seq}/points")
     mine: list[Work] = []
+    arrays: dict[str, zarr.Array | None] = {}  # opened once for the whole sweep
     log.info("rank %d of %d (pid %d): %d tile(s) pending, K=%d", env.rank, env.world_size, os.getpid(), len(work),
              runner.k)
     desc = "sweep" if runner.curvature is None else "sweep+curvature"  # the curvature probe runs at every point
@@ -53,7 +54,7 @@ def sweep_tiles(
         while (k := claims.add(1) - 1) < len(work):
             level, tile = work[k]
             start = time.perf_counter()
-            write_tile(root, levels[level], tile, compute_tile(runner, levels[level], tile), level)
+            write_tile(root, levels[level], tile, compute_tile(runner, levels[level], tile), level, arrays)
             mine.append((level, tile))
             total = points.add(sizes[k])
             log.info("rank %d: %s tile %s (%d points) in %.2f s", env.rank, level or "full", tile, sizes[k],

@@ -260,3 +260,26 @@ def test_store_made_before_standard_errors_reopens_and_keeps_none(tmp_path: Path
     write_tile(root, plan, (1, 1), with_se)
     assert root.attrs["metrics"] == ["loss", "accuracy"] and "loss_stderr" not in root
     assert root["done"][1, 1] == 1 and root["loss"][plan.tile_slices((1, 1))].max() == 2.0
+
+
+def test_tiles_written_through_arrays_kept_open_equal_tiles_written_alone(tmp_path: Path) -> None:
+    """A sweep keeps each array open across its tiles (write_tile's `arrays`): the stores come out the same, every
+    level's done flags included, and a store without standard-error arrays still gets none."""
+    stores = {}
+    for name, keep in (("alone", False), ("kept", True)):
+        for metrics in (METRICS, ("loss", "accuracy")):
+            root = open_store(tmp_path / f"{name}-{len(metrics)}.zarr", spec(metrics=metrics))
+            arrays: dict[str, Any] | None = {} if keep else None
+            for level, plan in spec().levels.items():
+                for k, tile in enumerate(plan.tiles()):
+                    write_tile(root, plan, tile, tile_values(plan, tile, float(k)), level, arrays)
+            stores[name, len(metrics)] = root
+    for n in (2, len(METRICS)):
+        a, b = stores["alone", n], stores["kept", n]
+        assert sorted(a.array_keys()) == sorted(b.array_keys())
+        assert ("loss_stderr" in a) == (n > 2)
+        for level in ("", PREVIEW):
+            ga, gb = (a, b) if not level else (a[level], b[level])
+            for key in ga.array_keys():
+                np.testing.assert_array_equal(ga[key][...], gb[key][...], err_msg=f"{level}/{key}")
+            assert ga["done"][...].all()
