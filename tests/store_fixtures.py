@@ -66,3 +66,13 @@ def make_store(path: Path, resolution: list[int], *, metrics: tuple[str, ...] = 
     spec = make_spec(resolution, metrics=metrics, preview=preview, trajectory=trajectory)
     fill_tiles(open_store(path, spec), spec, full_done, preview_done)
     return path
+
+
+def damage(file: Path, how: str) -> None:
+    """What a node dying mid-write leaves: half the file ("truncated"), an empty file ("emptied"), or no file."""
+    if how == "truncated":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif how == "emptied":
+        file.write_bytes(b"")
+    else:
+        file.unlink()

@@ -17,6 +17,7 @@ import pytest
 import zarr
 
 from helpers import ENV, GRID, TINY, run_cli, torchrun
+from store_fixtures import damage
 
 NO_SHARPNESS = ["summary.epsilon=null", "summary.adaptive_radius=null"]  # not what these tests are about
 
@@ -47,13 +48,7 @@ def damaged_copy(reference, name: str, files: list[tuple[str, str]], pending: tu
     run = Path(shutil.copytree(cwd / "runs" / "ref", cwd / "runs" / name))
     store = run / "landscape.zarr"
     for file, how in files:
-        path = store / file
-        if how == "truncated":
-            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        elif how == "emptied":
-            path.write_bytes(b"")
-        else:
-            path.unlink()
+        damage(store / file, how)
     if pending is not None:
         zarr.open_group(store, mode="r+")["done"][pending[0]:pending[0] + 1, pending[1]:pending[1] + 1] = 0
     return store

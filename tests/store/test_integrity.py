@@ -18,19 +18,9 @@ from engine.store.check import check_store
 from engine.store.layout import open_store
 from engine.store.read import read_directions, read_surface
 from engine.store.repair import repair_store
-from store_fixtures import fill_tiles, make_spec
+from store_fixtures import damage, fill_tiles, make_spec
 
 METRICS = ("loss", "loss_stderr", "accuracy")
-
-
-def damage(file: Path, how: str) -> None:
-    """What a node dying mid-write leaves: half the file, an empty file, or no file."""
-    if how == "truncated":
-        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
-    elif how == "emptied":
-        file.write_bytes(b"")
-    else:
-        file.unlink()
 
 
 @pytest.fixture(scope="module")
