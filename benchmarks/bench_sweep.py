@@ -18,7 +18,9 @@ and grid points:
   and, where it differs, also at the naive loader's batch size (to separate method from batch size);
 - engine K=1 rewritten: the same on engine.sweep.rewrite's model (eval BatchNorm folded into the conv before it,
   ReLU and residual adds in place, the input layer's products with theta* and each direction cached);
-- engine vmap K: K points per forward pass (engine.sweep.vectorized);
+- engine vmap K: K points per forward pass (engine.sweep.vectorized: torch.vmap over the whole model);
+- engine stacked K: K points per pass over the traced graph (engine.sweep.stacked: each Linear one batched matmul,
+  the input layer from its cached products, other nodes under vmap);
 - engine sweep_tiles: one full engine.sweep.tiles.sweep_tiles run of the whole grid into a fresh Zarr store
   (engine.store.layout.open_store; store creation itself is not timed, tile writes are);
 - dense floor: the DENSE forward's FLOPs of one point (FlopCounterMode over the unrewritten model: every layer's
@@ -67,6 +69,7 @@ from engine.store.layout import StoreSpec, open_store
 from engine.store.read import read_surface
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
+from engine.sweep.stacked import make_stacked
 from engine.sweep.tiles import sweep_tiles
 from engine.sweep.vectorized import PointRunner, make_evaluator
 
@@ -105,7 +108,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 WORKLOADS = {
     "mlp": Workload(
         "mlp", "MLP 64-128-128-10 on 1797 digits", lambda: MLP(64, [128, 128], 10), digits, 21, 1797, 128, 441,
-        (8, 32, 64), loss_landscapes=True,
+        (8, 16, 32), loss_landscapes=True,
     ),
     "resnet20": Workload(
         "resnet20",
@@ -294,6 +297,10 @@ def run_workload(w: Workload, n_points: int | None, repeats: int, rate: float, t
     assert evaluator is not None, "vmap path unavailable"
     runners = {f"vmap K={k}": PointRunner(model, perturber, batches, "fp32", evaluator, k)
                for k in ks if k <= len(points)}
+    stacked = make_stacked(model, names, theta, directions, batches)
+    assert stacked is not None, "stacked graph unavailable"
+    runners |= {f"stacked K={k}": PointRunner(model, perturber, batches, "fp32", stacked, k)
+                for k in ks if k <= len(points)}
     runners["K=1 rewritten"] = rewritten_runner(model, names, perturber, directions, batches)
     if w.channels_last_batch:
         cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ Imported as `from helpers import ...` (pyproject.toml puts tests/ on pytest's py
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
@@ -116,3 +118,28 @@ def bowl(x: np.ndarray = PLOT_X, y: np.ndarray = PLOT_Y) -> np.ndarray:
 def file_names(paths: list[Path]) -> set[str]:
     """File names of a list of paths."""
     return {p.name for p in paths}
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
+    """Running statistics and affine parameters away from their defaults, so folding has work to do."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+
+
+def float64_point(model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
+               x: torch.Tensor, y: torch.Tensor, point: np.ndarray) -> dict[str, float]:
+    """Loss and accuracy of a float64 copy of the model set to theta* + sum_k c_k d_k (no engine code)."""
+    ref = copy.deepcopy(model).double()
+    state = ref.state_dict()
+    for i, name in enumerate(names):
+        state[name] = theta[i].double() + sum(float(c) * d[i].double() for c, d in zip(point, directions))
+    ref.load_state_dict(state)
+    with torch.no_grad():
+        logits = ref(x.double())
+    return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).double().mean().item()}

@@ -19,7 +19,7 @@ RESNET_FAMILIES = ("resnet", "plain")
 HF_TASKS = ("causal_lm", "sequence_classification", "image_classification")
 DATA_SOURCES = ("digits", "synthetic", "custom", "cifar10", "cifar100", "imagefolder", "text")
 LOSSES = ("cross_entropy", "mse", "causal_lm", "custom")
-REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head")
+REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head", "stacked_graph")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -209,10 +209,12 @@ class EvalConfig:
     compile: bool = False  # torch.compile the model (K = 1 path; instead of eval.rewrites)
     recalibrate_bn: bool = False  # at every point, recompute BatchNorm statistics on training data (K = 1 path)
     recalibrate_samples: int = 512  # training samples used for each recalibration
-    # K = 1 path graph rewrites (engine/sweep/rewrite.py), same numbers to float32 rounding; [] turns them off:
+    # graph rewrites (engine/sweep/rewrite.py, stacked.py), same numbers to float32 rounding; [] turns them off:
     # fold_batchnorm (eval BN into the conv before it, once per point), in_place (ReLU/residual add write into a
     # fresh operand), input_products (the input layer's products with theta* and each direction, cached per
-    # batch), transposed_head (a final Linear with few outputs computed as a [classes, N] product)
+    # batch), transposed_head (a final Linear with few outputs computed as a [classes, N] product): the K = 1
+    # path; stacked_graph (K > 1: the traced graph at K points, each Linear one batched matmul, the input layer
+    # from its cached products, other ops under vmap; instead of vmap over the whole model)
     rewrites: list[str] = field(default_factory=lambda: list(REWRITES))
     host_malloc: bool = True  # CPU runs: glibc keeps freed activation memory instead of faulting in new pages
     workers: int = 0  # DataLoader worker processes for an eval set streamed from its files (too big to cache)

@@ -223,10 +223,16 @@ class CrossEntropy(Loss):
         return inputs_and_target(batch, self.name)[2]
 
     def stacked_sums(self, out: Any, batch: Batch, k: int) -> Sums:
-        """K points at once: one cross-entropy over the [K * N, C] logits, summed per point in float64."""
-        logits, y = output_tensor(out), self.target(batch)
-        per = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(k), reduction="none").view(k, -1)
-        correct = (logits.argmax(-1) == y).sum(1)
+        """K points at once: one cross-entropy over the [K, N, C] logits, summed per point in float64. Logits that
+        are a [K, C, N] product's view (engine.sweep.stacked's narrow head) are reduced over classes as they lie."""
+        logits, y = wide(output_tensor(out)), self.target(batch)
+        if logits.dim() == 3 and logits.transpose(1, 2).is_contiguous():
+            columns = logits.transpose(1, 2)
+            per = F.cross_entropy(columns, y.expand(k, -1), reduction="none")
+            correct = (columns.max(1).indices == y).sum(1)
+        else:
+            per = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1)
+            correct = (logits.max(-1).indices == y).sum(1)
         return {"loss": per.sum(1, dtype=torch.float64), "accuracy": correct, "count": torch.full((k,), len(y)),
                 "sumsq/loss": squares(per), "sumsq/accuracy": correct}
 

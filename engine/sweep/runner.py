@@ -20,7 +20,8 @@ from engine.sources.splits import Split
 from engine.store.grid import GridPlan
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
-from engine.sweep.vectorized import PointRunner, choose_k, make_evaluator, points_per_pass
+from engine.sweep.stacked import make_stacked
+from engine.sweep.vectorized import PointRunner, PointsEvaluator, choose_k, make_evaluator, points_per_pass
 
 log = logging.getLogger("engine")
 
@@ -56,8 +57,12 @@ def make_runner(
             transposed_head="transposed_head" in on, budget_gb=e.memory_gb / 4)
         if fast is not None:
             fast.register([x for x, _ in batches])
-    evaluator = None if e.points_per_pass == 1 or in_place_only else make_evaluator(
-        model, names, theta, directions, batches, e.precision, logged, loss)
+    evaluator: PointsEvaluator | None = None
+    if e.points_per_pass != 1 and not in_place_only:
+        if "stacked_graph" in on and not e.compile and tensor_pairs(batches):
+            evaluator = make_stacked(model, names, theta, directions, batches, e.precision, logged, loss,
+                                     e.memory_gb / 4)
+        evaluator = evaluator or make_evaluator(model, names, theta, directions, batches, e.precision, logged, loss)
     runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast, loss=loss)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
         k_max = points_per_pass(model, theta, batches, e.memory_gb, loss=loss)

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import zarr
@@ -50,16 +51,26 @@ def sweep_tiles(
              runner.k)
     desc = "sweep" if runner.curvature is None else "sweep+curvature"  # the curvature probe runs at every point
     bar = progress_bar(sum(sizes), desc, "pt", progress and env.is_main)
-    with runner.perturber.active(), bar:
-        while (k := claims.add(1) - 1) < len(work):
-            level, tile = work[k]
-            start = time.perf_counter()
-            write_tile(root, levels[level], tile, compute_tile(runner, levels[level], tile), level, arrays)
-            mine.append((level, tile))
-            total = points.add(sizes[k])
-            log.info("rank %d: %s tile %s (%d points) in %.2f s", env.rank, level or "full", tile, sizes[k],
-                     time.perf_counter() - start)
-            bar.update(total - bar.n)
+    # a tile is written on a writer thread while the next one is computed; at most one write is in flight, and
+    # its error (if any) is raised before the next tile is handed over and before the sweep returns
+    with runner.perturber.active(), bar, ThreadPoolExecutor(1, thread_name_prefix="tile-writer") as writer:
+        writing: Future | None = None
+        try:
+            while (k := claims.add(1) - 1) < len(work):
+                level, tile = work[k]
+                start = time.perf_counter()
+                values = compute_tile(runner, levels[level], tile)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(write_tile, root, levels[level], tile, values, level, arrays)
+                mine.append((level, tile))
+                total = points.add(sizes[k])
+                log.info("rank %d: %s tile %s (%d points) in %.2f s", env.rank, level or "full", tile, sizes[k],
+                         time.perf_counter() - start)
+                bar.update(total - bar.n)
+        finally:
+            if writing is not None:
+                writing.result()
     return mine
 
 

@@ -37,12 +37,21 @@ class PointsEvaluator:
         self.precision = precision
         self.batches = batches
         self.loss = loss
-        # contiguous (not channels_last) copies: vmap has no batching rule for channels_last strides
-        self.theta = {n: t.detach().clone(memory_format=torch.contiguous_format) for n, t in zip(names, theta)}
-        for n in self.logged:
-            self.theta[n] = self.theta[n].log()
-        self.dirs = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
+        # theta* (logs where logged) and the directions, each as one flat row: a pass's K points are then one
+        # matrix product (contiguous, not channels_last, views: vmap has no batching rule for channels_last strides)
+        self.shapes = {n: t.shape for n, t in zip(names, theta)}
+        self.theta_flat = torch.cat([(t.detach().log() if n in self.logged else t.detach()).reshape(-1)
+                                     for n, t in zip(names, theta)])
+        self.dirs_flat = torch.stack([torch.cat([t.reshape(-1).to(self.theta_flat.dtype) for t in d])
+                                      for d in directions])
+        self.theta = self.views(self.theta_flat)
         self._call = torch.vmap(self.forward, in_dims=(0, None))
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: view} of a flat [..., P] tensor laid out as theta_flat, each [..., *shape]."""
+        sizes = [s.numel() for s in self.shapes.values()]
+        return {n: part.view(*flat.shape[:-1], *shape)
+                for (n, shape), part in zip(self.shapes.items(), flat.split(sizes, dim=-1))}
 
     def forward(self, params: dict[str, torch.Tensor], batch: Batch) -> Any:
         """The loss's forward pass with the model's tensors replaced by params (one point; vmapped over K)."""
@@ -50,23 +59,28 @@ class PointsEvaluator:
 
     def stacked(self, coords: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: [K, *shape]} = theta* + coords @ directions, for every perturbed tensor (exp'd in log space)."""
-        out = {n: self.theta[n] + torch.tensordot(coords.to(t.dtype), self.dirs[n], dims=1)
-               for n, t in self.theta.items()}
+        out = self.views(torch.addmm(self.theta_flat, coords.to(self.theta_flat.dtype), self.dirs_flat))
         for n in self.logged:
             out[n].exp_()
         return out
 
+    def pass_output(self, params: dict[str, torch.Tensor], coords: torch.Tensor, batch: Batch) -> Any:
+        """The model's output at the K points (params, stacked from coords) on one batch, [K, ...]."""
+        return self._call(params, batch)
+
     @torch.inference_mode()
-    def evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
-        """The loss's mean metrics at each of the K points in coords ([K, ndim]); one host sync at the end."""
+    def evaluate(self, coords: np.ndarray, batches: EvalBatches | None = None) -> dict[str, np.ndarray]:
+        """The loss's mean metrics at each of the K points in coords ([K, ndim]) over the batches (default: the
+        evaluator's); one host sync at the end."""
         device = next(iter(self.theta.values())).device
-        params = self.stacked(torch.as_tensor(coords, dtype=torch.float64, device=device))
+        points = torch.as_tensor(coords, dtype=torch.float64, device=device)
+        params = self.stacked(points)
         k = len(coords)
         total: dict[str, torch.Tensor] = {}
-        for batch in self.batches:
+        for batch in self.batches if batches is None else batches:
             batch = map_tensors(batch, lambda t: t.contiguous())  # vmap lacks channels_last rules (as_strided_)
             with autocast(first_device(batch), self.precision):
-                out = self._call(params, batch)
+                out = self.pass_output(params, points, batch)
             for key, value in self.loss.stacked_sums(out, batch, k).items():
                 total[key] = value if key not in total else total[key] + value
         summed = {key: value.cpu().numpy() for key, value in total.items()}

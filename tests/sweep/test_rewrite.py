@@ -8,13 +8,11 @@ e2e/test_sweep_runs.py; the summed cross-entropy: sources/test_losses.py.)
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.directions.vectors import perturbed_tensors, random_directions
@@ -25,34 +23,9 @@ from engine.sources.splits import Split
 from engine.sweep.perturb import Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.vectorized import PointRunner
-from helpers import DataDependent
+from helpers import DataDependent, float64_point, randomize_batchnorm
 
 POINTS = np.array([(a, b) for a in np.linspace(-1.0, 1.0, 5) for b in np.linspace(-0.6, 0.4, 3)])
-
-
-def _randomize_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    """Running statistics and affine parameters away from their defaults, so folding has work to do."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-
-
-def _reference(model: nn.Module, names: list[str], theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
-               x: torch.Tensor, y: torch.Tensor, point: np.ndarray) -> dict[str, float]:
-    """Loss and accuracy of a float64 copy of the model set to theta* + sum_k c_k d_k (no engine code)."""
-    ref = copy.deepcopy(model).double()
-    state = ref.state_dict()
-    for i, name in enumerate(names):
-        state[name] = theta[i].double() + sum(float(c) * d[i].double() for c, d in zip(point, directions))
-    ref.load_state_dict(state)
-    with torch.no_grad():
-        logits = ref(x.double())
-    return {"loss": F.cross_entropy(logits, y).item(), "accuracy": (logits.argmax(1) == y).double().mean().item()}
 
 
 CASES = {
@@ -68,7 +41,7 @@ def test_rewritten_points_match_float64(case):
     make, shape, over, ignore, channels_last = CASES[case]
     torch.manual_seed(0)
     model = make().eval()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     x, y = synthetic_images(shape, 300, 10, 1)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -92,7 +65,7 @@ def test_rewritten_points_match_float64(case):
         got = runner.run(POINTS)
         again = runner.run(POINTS[::-1])  # the folded and cached tensors follow every change of point
     for i, point in enumerate(POINTS):
-        want = _reference(model, names, theta, directions, x, y, point)
+        want = float64_point(model, names, theta, directions, x, y, point)
         assert got["loss"][i] == pytest.approx(want["loss"], rel=1e-5), (case, point)
         assert abs(got["accuracy"][i] - want["accuracy"]) <= 1.0 / len(y) + 1e-12
         assert again["loss"][len(POINTS) - 1 - i] == pytest.approx(got["loss"][i], rel=1e-6)
