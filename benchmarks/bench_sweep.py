@@ -120,7 +120,7 @@ WORKLOADS = {
         128,
         10,
         (2, 4),
-        64,
+        channels_last_batch=64,
     ),
 }
 
