@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import cast
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from engine.sources.losses import is_stderr
 from engine.store.grid import GridPlan
@@ -34,15 +36,17 @@ def write_tile(
     def array(name: str) -> zarr.Array | None:
         key = f"{level}/{name}"
         if key not in arrays:
-            arrays[key] = None if is_stderr(name) and name not in group else cast(zarr.Array, group[name])
+            with zarr.config.set(DENSE_WRITES):  # opened to write every chunk, an all-NaN one too (integrity.py)
+                arrays[key] = None if is_stderr(name) and name not in group else cast(zarr.Array, group[name])
         return arrays[key]
 
-    with zarr.config.set(DENSE_WRITES):  # an all-NaN tile too, so a missing chunk is damage (store/integrity.py)
-        for metric, data in values.items():
-            target = array(metric)
-            if target is not None:
-                target[sl] = data
+    writes = [(target, data) for metric, data in values.items() if (target := array(metric)) is not None]
+    sync(_set_all(writes, sl))  # the metrics' chunks concurrently, in one round trip to zarr's I/O loop
     cast(zarr.Array, array("done"))[tuple(slice(i, i + 1) for i in tile)] = 1
+
+
+async def _set_all(writes: list[tuple[zarr.Array, np.ndarray]], sl: tuple[slice, ...]) -> None:
+    await asyncio.gather(*(target.async_array.setitem(sl, data) for target, data in writes))
 
 
 def pending_work(levels: dict[str, GridPlan], root: zarr.Group) -> list[Work]:
