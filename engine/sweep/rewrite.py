@@ -280,7 +280,7 @@ def _shape_only(node: object, placeholder: fx.Node) -> bool:
     return node is placeholder
 
 
-def _input_layer(gm: fx.GraphModule, names: list[str], theta: list[torch.Tensor],
+def find_input_layer(gm: fx.GraphModule, names: list[str], theta: list[torch.Tensor],
                  directions: list[list[torch.Tensor]], budget_bytes: float) -> InputLayer | None:
     """Route the first linear/conv layer fed by the input alone (not followed by a foldable BN) to an InputLayer."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -326,7 +326,7 @@ def rewrite(model: nn.Module, names: list[str], theta: list[torch.Tensor], direc
     try:
         gm = fx.symbolic_trace(model)
         folded = _fold_batchnorm(gm) if fold_batchnorm else 0
-        layer = _input_layer(gm, names, theta, directions, budget_gb * 2**30) if input_products else None
+        layer = find_input_layer(gm, names, theta, directions, budget_gb * 2**30) if input_products else None
         inplace = _in_place(gm) if in_place else 0
         head = _transposed_head(gm) if transposed_head else False
         if not (folded or inplace or head) and layer is None:

@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from engine.sources.batches import EvalBatches
 from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
-from engine.sweep.rewrite import HEAD_MAX, InputLayer, _input_layer
+from engine.sweep.rewrite import HEAD_MAX, InputLayer, find_input_layer
 from engine.sweep.vectorized import PointsEvaluator
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class StackedGraph(PointsEvaluator):
                  logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY, budget_gb: float = 1.0) -> None:
         super().__init__(model, names, theta, directions, batches, precision, logged, loss)
         self.gm = fx.symbolic_trace(model)
-        self.input_layer = _input_layer(self.gm, names, theta, directions, budget_gb * 2**30)
+        self.input_layer = find_input_layer(self.gm, names, theta, directions, budget_gb * 2**30)
         self.gm.recompile()
         if self.input_layer is not None and isinstance(batches, list):
             self.input_layer.register([b[0] for b in batches if isinstance(b, tuple | list)])
