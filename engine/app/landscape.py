@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import on_main, process_group
+from engine.core.memory import StageMemory
 from engine.directions.vectors import perturbed
 from engine.sources.data import load_data
 from engine.store.grid import make_levels
@@ -50,35 +52,40 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     `given` (the Python API), its model, eval set and loss replace the config's model, data and loss."""
     start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
-    with process_group(cfg.eval.device) as env:
+    with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
         levels = make_levels(cfg.grid)
         plan = levels[""]
-        if given is None:
-            data = load_data(cfg.data, cfg.model.path)
-            model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
-            split = stages.eval_split(cfg, data)
-            resolved = stages.fingerprinted(cfg, resolved, split)
-            loss = stages.loss_stage(cfg, model, split, env)
-        else:
-            data, model = None, given.model.to(env.device).eval()
-            split = stages.given_split(cfg, given.split)
-            loss = stages.probed(given.loss, model, split, env)
-        d = cfg.direction  # theta* taken before any change of memory format:
-        target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
-        channels_last = stages.uses_channels_last(cfg, split)
-        if channels_last:
-            model, split = stages.to_channels_last(model, split)
-        hvp_batches = stages.hessian_stage_batches(cfg, split, env)
-        made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
-        fingerprint = stages.agree_across_ranks(env, model, made)
+        memory = StageMemory(env.device)
+        with memory.stage("load"):
+            if given is None:
+                data = load_data(cfg.data, cfg.model.path)
+                model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+                split = stages.eval_split(cfg, data)
+                resolved = stages.fingerprinted(cfg, resolved, split)
+                loss = stages.loss_stage(cfg, model, split, env)
+            else:
+                data, model = None, given.model.to(env.device).eval()
+                split = stages.given_split(cfg, given.split)
+                loss = stages.probed(given.loss, model, split, env)
+            d = cfg.direction  # theta* taken before any change of memory format:
+            target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
+            channels_last = stages.uses_channels_last(cfg, split)
+            if channels_last:
+                model, split = stages.to_channels_last(model, split)
+        with memory.stage("directions"):
+            hvp_batches = stages.hessian_stage_batches(cfg, split, env)
+            made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
+            fingerprint = stages.agree_across_ranks(env, model, made)
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
-        spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
-        with stages.held_store(cfg, resolved, spec, env) as store:
-            say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split)} "
-                f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store}")
+        with memory.stage("store"):
+            spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
+            store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
+        say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split)} "
+            f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store}")
+        with memory.stage("sweep"):
             tune_on = stages.tuning_plan(levels, store)
             batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on, loss)
             logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
@@ -86,19 +93,24 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             runner = stages.runner_stage(cfg, model, target, made, batches, env, tune_on, recalibrate, hvp_batches,
                                          loss)
             tiles = stages.sweep_stage(runner, levels, store, cfg, env)
+        del runner, batches  # the stacked evaluator's copies and the cached batches are not needed past the sweep
+        with memory.stage("curvature"):
             if cfg.hessian.spectrum:
                 stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
             if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
                 on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
+        held.close()  # the store's lease is released before the summary, as the sweep's last step
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
         ranks = ranks_and_devices(env)
         if env.is_main:
-            result.summary = stages.summary_stage(cfg, store)
-            write_provenance(result.run_dir, store, env, ranks, started, time.perf_counter() - start)
-            result.figures = stages.figures_stage(cfg, store)
+            with memory.stage("summary"):
+                result.summary = stages.summary_stage(cfg, store)
+                write_provenance(result.run_dir, store, env, ranks, started, time.perf_counter() - start)
+            with memory.stage("figures"):
+                result.figures = stages.figures_stage(cfg, store)
             report(result, time.perf_counter() - start, len(tiles), say)
+        memory.log(sum(p.numel() for p in model.parameters()))
     return result
-
 
 def report(result: RunResult, seconds: float, tiles: int, say: stages.Say) -> None:
     """The run's last console lines: time, the center's numbers, a partial store's warning, where things are."""

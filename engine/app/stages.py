@@ -35,6 +35,7 @@ from engine.curvature.spectra import (
 from engine.curvature.spectra import Batches as HessianBatches  # a list: the Hessian's batches are indexed
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
+from engine.directions.kinds import in_dtype as directions_in_dtype
 from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
@@ -130,7 +131,23 @@ def prepare_model(cfg: RunConfig, data: DataBundle, env: DistEnv, log: bool = Tr
         barrier()
         if not env.is_main:
             load_checkpoint(model, ckpt_dir / "final.pt")
-    return model.to(env.device).eval()
+    return in_dtype(model.to(env.device), getattr(torch, cfg.model.dtype)).eval()
+
+
+def in_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model's floating tensors in dtype, and its floating inputs cast to it on the way in (images of a
+    bfloat16 model); a float32 model is returned as it is."""
+    if dtype == torch.float32:
+        return model
+    model = model.to(dtype)
+
+    def cast(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        def one(v: Any) -> Any:
+            return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+    model.register_forward_pre_hook(cast, with_kwargs=True)
+    return model
 
 
 def eval_split(cfg: RunConfig, data: DataBundle) -> AnySplit:
@@ -204,8 +221,9 @@ def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors,
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
                                   loss or make_loss(cfg.loss), progress=cfg.eval.progress and env.is_main)
 
-    return make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
+    made = make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
                            progress=cfg.eval.progress and env.is_main)
+    return directions_in_dtype(made, getattr(torch, cfg.direction.dtype))
 
 
 def agree_across_ranks(env: DistEnv, model: nn.Module, made: Directions) -> str:
@@ -312,7 +330,8 @@ def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEn
     e = cfg.eval
     sample = 4096 if isinstance(split, Split) else 1024
     batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
-        model, held(subsample(split, sample)), env.device, e.precision, loss=loss)))
+        model, held(subsample(split, sample)), env.device, e.precision, loss=loss,
+        budget_bytes=e.memory_gb * 2**30)))
         if tune_on is not None else DEFAULT_BATCH)
     return eval_batches(split, batch_size, env.device, e.cache, e.memory_gb, e.workers), batch_size
 

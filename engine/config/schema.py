@@ -22,6 +22,9 @@ LOSSES = ("cross_entropy", "mse", "causal_lm", "custom")
 REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head", "stacked_graph")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{key}={value!r} is not one of {', '.join(choices)}")
@@ -44,6 +47,9 @@ class ModelConfig:
     path: str | None = None  # hf: a local folder saved with save_pretrained (config, weights, tokenizer)
     task: str = "causal_lm"  # hf: causal_lm | sequence_classification | image_classification (which head)
     trust_remote_code: bool = False  # hf: run the folder's own modelling code (off: such a folder is refused)
+    # float32 | bfloat16 | float16: the dtype the model is held and evaluated in (LLMs ship in bfloat16); perturbed
+    # weights are computed in float32 from theta* and rounded once per point, so no drift builds up
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.width < 1:
@@ -55,6 +61,7 @@ class ModelConfig:
         if self.name == "hf" and not self.path:
             raise UserError("model=hf needs model.path=<a folder saved with save_pretrained>")
         _check_choice("model.task", self.task, HF_TASKS)
+        _check_choice("model.dtype", self.dtype, DTYPES)
 
 
 @dataclass
@@ -149,6 +156,7 @@ class DirectionConfig:
     include: list[str] = field(default_factory=list)  # regexes over parameter names: only those moved ([]: all)
     exclude: list[str] = field(default_factory=list)  # regexes over parameter names: never moved
     frozen: bool = False  # also move parameters with requires_grad=False (off: frozen ones stay at theta*)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the directions as held in memory (bfloat16 halves them)
 
     def __post_init__(self) -> None:
         _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
@@ -162,6 +170,7 @@ class DirectionConfig:
         _check_choice("direction.norm", self.norm, ("filter", "layer", "none"))
         _check_choice("direction.ignore", self.ignore, ("biasbn", "none"))
         _check_choice("direction.over", self.over, ("weights", "states"))
+        _check_choice("direction.dtype", self.dtype, DTYPES)
         if self.kind == "file" and not self.path:
             raise UserError("direction.kind=file needs direction.path=<file.pt or store.zarr>")
 

@@ -23,3 +23,13 @@ class Directions:
     axis_labels: list[str] = field(default_factory=lambda: ["d1", "d2"])
     trajectory: np.ndarray | None = None  # pca: [checkpoints, 2] projected coordinates
     explained: list[float] | None = None  # pca: explained variance ratio of the two components
+
+
+def in_dtype(made: Directions, dtype: torch.dtype) -> Directions:
+    """The directions held in dtype (direction.dtype; bfloat16 halves them), converted one tensor at a time so the
+    old and new copies never both exist whole; the interpolation's end point is kept as it is."""
+    for direction in made.directions:
+        for i, t in enumerate(direction):
+            if t.is_floating_point() and t.dtype != dtype:
+                direction[i] = t.to(dtype)
+    return made

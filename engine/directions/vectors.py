@@ -123,11 +123,11 @@ def normalize(direction: list[torch.Tensor], theta: list[torch.Tensor], norm: st
         elif norm == "filter" and d.dim() >= 2:
             dim = rows[i] if rows is not None else 0  # the outputs' dim: each of its slices is one filter / row
             d_t, w_t = d.movedim(dim, 0), w.movedim(dim, 0)
-            d_rows, w_rows = d_t.reshape(d_t.shape[0], -1), w_t.reshape(w_t.shape[0], -1)
+            d_rows, w_rows = d_t.reshape(d_t.shape[0], -1), w_t.reshape(w_t.shape[0], -1).to(d.dtype)
             scale = w_rows.norm(dim=1) / (d_rows.norm(dim=1) + EPS)
             out.append((d_rows * scale[:, None]).reshape(d_t.shape).movedim(0, dim))
         else:
-            out.append(d * (w.norm() / (d.norm() + EPS)))
+            out.append(d * (w.to(d.dtype).norm() / (d.norm() + EPS)))
     return out
 
 
@@ -152,8 +152,13 @@ def random_raw(theta: list[torch.Tensor], count: int, seed: int) -> list[list[to
     """`count` seeded Gaussian directions shaped like theta, not yet normalized; drawn on the CPU in float32 so
     every device agrees."""
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, w.dtype) for w in theta]
+    return [[torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, wide(w.dtype)) for w in theta]
             for _ in range(count)]
+
+
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype directions are made in for a tensor of this dtype: float32, or the tensor's own if wider."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def random_directions(
@@ -194,5 +199,5 @@ def load_directions(
         if bad:
             raise UserError(f"direction {k} in {path}: tensor {bad[0]} has shape {tuple(d[bad[0]].shape)}, "
                             "the model's differs; it was made for another model")
-        dirs.append([d[n].to(w.device, w.dtype) for n, w in zip(names, theta)])
+        dirs.append([d[n].to(w.device, wide(w.dtype)) for n, w in zip(names, theta)])
     return dirs

@@ -35,7 +35,7 @@ def import_transformers(what: str) -> ModuleType:
 
 
 def build_hf_model(cfg: ModelConfig) -> nn.Module:
-    """The model at cfg.path with the head of cfg.task, in float32 (unless model.kwargs sets dtype), eval mode,
+    """The model at cfg.path with the head of cfg.task, in model.dtype (unless model.kwargs sets dtype), eval mode,
     without a key/value cache, and eager attention so that double backward and torch.vmap work."""
     folder = model_folder(cfg.path)
     config_json = read_config(folder)
@@ -58,7 +58,7 @@ def build_hf_model(cfg: ModelConfig) -> nn.Module:
     # Eager attention: on CPU, sdpa's fused kernel (_scaled_dot_product_flash_attention_for_cpu) has no double
     # backward ("derivative ... not implemented"), so Hessian-vector products fail, and torch.vmap has no batching
     # rule for it (a slow per-sample fallback with a UserWarning). Eager attention is plain matmuls and softmax.
-    kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": torch.float32, **dict(cfg.kwargs),
+    kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": getattr(torch, cfg.dtype), **dict(cfg.kwargs),
                               "local_files_only": True, "weights_only": True,
                               "trust_remote_code": cfg.trust_remote_code}
     model: Any = quietly(transformers, lambda: auto.from_pretrained(folder, **kwargs), folder, cfg.task)

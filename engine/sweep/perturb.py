@@ -3,6 +3,9 @@
 No model copy and no load_state_dict per point; theta* is kept once and restored bitwise at the end. For an
 interpolation the point is lerp(A, B, c) instead, which is exactly A at 0 and exactly B at 1. Tensors marked as
 log-space (BatchNorm running variances) move as exp(log theta* + sum_k c_k d_k), so they stay positive.
+
+A tensor held in bfloat16 or float16 (model.dtype) is computed in float32 from theta* at every point, one tensor at a
+time, and rounded once into the live tensor: nothing is accumulated in low precision, so no drift builds up.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from contextlib import contextmanager
 import torch
 
 from engine.directions.vectors import to_coordinates
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class Perturber:
@@ -38,6 +43,7 @@ class Perturber:
         self.after_set = after_set
         self.extra = also_restore or []
         self.extra_saved = [t.detach().clone() for t in self.extra]
+        self.low = any(t.dtype in LOW_PRECISION for t in tensors)  # then each tensor is computed in float32
 
     @torch.no_grad()
     def set(self, coords: Sequence[float]) -> None:
@@ -46,7 +52,7 @@ class Perturber:
             torch._foreach_copy_(self.tensors, self.saved)
         elif self.end is not None and self.end_values is not None and coords[0] == 1.0:
             torch._foreach_copy_(self.tensors, self.end_values)
-        else:
+        elif not self.low:
             torch._foreach_copy_(self.tensors, self.theta)
             if self.end is not None:
                 torch._foreach_lerp_(self.tensors, self.end, float(coords[0]))
@@ -56,8 +62,23 @@ class Perturber:
                         torch._foreach_add_(self.tensors, d, alpha=float(c))
             if self.in_log_space:
                 torch._foreach_exp_(self.in_log_space)
+        else:
+            for i in range(len(self.tensors)):
+                self.tensors[i].copy_(self.point_value(i, coords))
         if self.after_set is not None:
             self.after_set()
+
+    def point_value(self, i: int, coords: Sequence[float]) -> torch.Tensor:
+        """Tensor i at coords, computed in float32 (or its own wider dtype) from theta*; the caller rounds it."""
+        wide = torch.promote_types(self.theta[i].dtype, torch.float32)
+        value = self.theta[i].to(wide, copy=True)
+        if self.end is not None:
+            value.lerp_(self.end[i].to(wide), float(coords[0]))
+        else:
+            for c, d in zip(coords, self.directions):
+                if c != 0.0:
+                    value.add_(d[i], alpha=float(c))
+        return value.exp_() if self.logged[i] else value
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -13,12 +13,13 @@ from torch import nn
 
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, broadcast_value, on_main
+from engine.core.memory import current_bytes, peak_bytes, reset_peak
 from engine.sources.batches import EvalBatches, device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
 from engine.sources.splits import Split
 from engine.store.grid import GridPlan
-from engine.sweep.perturb import Perturber
+from engine.sweep.perturb import LOW_PRECISION, Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.stacked import make_stacked
 from engine.sweep.vectorized import PointRunner, PointsEvaluator, choose_k, make_evaluator, points_per_pass
@@ -41,8 +42,13 @@ def make_runner(
     perturber = Perturber(tensors, directions, end, recalibrate,
                           batchnorm_buffers(model) if recalibrate is not None else None, logged)
     theta = [t.detach() for t in tensors]
-    in_place_only = end is not None or recalibrate is not None  # lerped points, per-point BN statistics
-    on = set(e.rewrites)
+    low = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype in LOW_PRECISION})
+    # lerped points, per-point BN statistics, and a bfloat16/float16 model (each point's weights are computed in
+    # float32 and rounded once by the Perturber; the rewrites and stacked points would compute them in low precision)
+    in_place_only = end is not None or recalibrate is not None or bool(low)
+    on = set(e.rewrites) if not low else set()
+    if low and (e.rewrites or e.points_per_pass not in (None, 1)):
+        log.info("model in %s: points are evaluated one at a time in place, without graph rewrites", "/".join(low))
     fast: nn.Module | None = None
     if e.compile:  # inductor fuses by itself; the rewrites' Python-side caches would make it recompile per point
         fast = cast(nn.Module, torch.compile(model))  # an OptimizedModule; torch's stubs say Callable
@@ -68,8 +74,11 @@ def make_runner(
         k_max = points_per_pass(model, theta, batches, e.memory_gb, loss=loss)
         grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
         with perturber.active():
-            picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max))
+            picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max,
+                                                          e.memory_gb * 2**30))
         runner.k = broadcast_value(env, picked)
+        if runner.k == 1:
+            runner.evaluator = None  # every rank lets go of the stacked evaluator's flat copies
         log.info("points per pass: K=%d (memory allows %d)", runner.k, k_max)
     return runner
 
@@ -82,20 +91,28 @@ def tensor_pairs(batches: EvalBatches) -> bool:
 
 def choose_batch_size(
     model: torch.nn.Module, split: Split, device: torch.device, precision: str = "fp32", smallest: int = 32,
-    loss: Loss = CROSS_ENTROPY,
+    loss: Loss = CROSS_ENTROPY, budget_bytes: float | None = None,
 ) -> int:
     """The eval batch size with the least time per pass over the split: 32, 64, ... up to the whole split.
 
-    Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best.
+    Timed at theta* (one warm-up and one timed pass each); stops once a size is 20% slower than the best, or once
+    a pass takes more memory than budget_bytes (measured: resident bytes on a CPU, allocated on a GPU).
     """
     sizes = [b for b in (smallest << i for i in range(12)) if b < len(split)] + [len(split)]
     best_b, best_t = sizes[0], float("inf")
     for b in sizes:
+        before = current_bytes(device)
+        reset_peak(device)
         batches = device_batches(split, b, device)
         evaluate(model, batches, precision, loss)
         start = time.perf_counter()
         evaluate(model, batches, precision, loss)
         seconds = time.perf_counter() - start
+        used = peak_bytes(device) - before
+        del batches
+        if budget_bytes is not None and b > sizes[0] and used > budget_bytes:
+            log.info("eval batch size %d takes %.2f GB, more than eval.memory_gb: not used", b, used / 1e9)
+            break
         if seconds < best_t:
             best_b, best_t = b, seconds
         elif seconds > 1.2 * best_t:

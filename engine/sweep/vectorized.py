@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from engine.core.memory import current_bytes, peak_bytes, reset_peak
 from engine.sources.batches import EvalBatches
 from engine.sources.losses import CROSS_ENTROPY, Loss, autocast, evaluate, first_device
 from engine.sources.structure import Batch, map_tensors, take
@@ -176,23 +177,33 @@ class PointRunner:
         return out
 
 
-def choose_k(runner: PointRunner, coords: np.ndarray, k_max: int) -> int:
-    """The K with the least time per point on these coords: 1, then doubling up to k_max while it keeps helping."""
+def choose_k(runner: PointRunner, coords: np.ndarray, k_max: int, budget_bytes: float | None = None) -> int:
+    """The K with the least time per point on these coords: 1, then doubling up to k_max while it keeps helping and
+    while the memory a pass takes, measured (resident bytes on a CPU, allocated on a GPU), stays within budget_bytes."""
     if runner.evaluator is None or k_max <= 1:
         return 1
+    device = next(runner.model.parameters()).device
     best_k, best_t, k = 1, float("inf"), 1
     while k <= k_max:
         runner.k = k
         sample = coords[np.arange(max(2, k)) % len(coords)]
+        before = current_bytes(device)
+        reset_peak(device)
         runner.run(sample[: max(1, k)])  # warm-up (allocations, kernel choice)
         start = time.perf_counter()
         runner.run(sample)
         per_point = (time.perf_counter() - start) / len(sample)
-        log.info("K=%d: %.3f ms per point", k, per_point * 1e3)
+        used = peak_bytes(device) - before
+        log.info("K=%d: %.3f ms per point, %.2f GB above the weights", k, per_point * 1e3, used / 1e9)
+        if budget_bytes is not None and k > 1 and used > budget_bytes:
+            log.info("K=%d takes more than eval.memory_gb=%.2f: not used", k, budget_bytes / 2**30)
+            break
         if per_point < best_t:
             best_k, best_t = k, per_point
         elif per_point > 1.1 * best_t:
             break
         k = k * 2 if k * 2 <= k_max or k == k_max else k_max
     runner.k = best_k
+    if best_k == 1:
+        runner.evaluator = None  # its flat copies of theta* and the directions are not needed on the K = 1 path
     return best_k
