@@ -4,12 +4,20 @@
 Peak resident memory of a `landscape` sweep of a GPT-2-small-shaped causal LM (12 layers x 768 wide, a vocabulary
 of 2000 from a byte-level BPE tokenizer trained here: about 87M parameters, 347 MB in float32), built from a config
 and saved with save_pretrained, swept 3x3 over 8 test blocks of 128 tokens of a generated text file. Each setting runs
-as its own process under `/usr/bin/time -v` ("Maximum resident set size"); the baseline is a process that imports
-the engine's CLI, torch and transformers (no model), measured the same way in the same run. Printed per setting:
-peak RSS, peak beyond the baseline, that over the weights' float32 bytes ("x the weights": the model itself, theta*,
-the two directions and the activations together; the floor is about 4) and in bytes per parameter, and wall time.
+as its own process; its peak resident memory is the one the run logs (engine.core.memory: the largest of its stages'
+peaks plus the resident set it started from). The process's own "Maximum resident set size" cannot be used: the
+engine resets the high-water mark at each stage, so at exit it holds the last stage's. The baseline is a process
+that imports the engine's CLI, torch and transformers (no model), under `/usr/bin/time -v` (it resets nothing), in
+the same run. Printed per setting: peak RSS, peak beyond the baseline, that over the weights' float32 bytes ("x the
+weights": the model itself, theta*, the two directions and the activations together; the floor is about 4) and in
+bytes per parameter, and wall time. A process's fixed costs grow past the imports once it runs: the tokenizer and the
+tokenized text, the pages of torch's and transformers' libraries that the first forward touches, the store's codecs.
+So each setting also runs on a GPT-2 of 1 layer x 96 (the same tokenizer), and the last column is the difference of
+the two runs' peaks over the difference of their parameters: the bytes each parameter of the model costs.
 
-Settings: the engine's own choices (batch size and K timed), and eval.batch_size=8 eval.points_per_pass=1.
+Settings: the engine's own choices (batch size and K timed); eval.batch_size=8 eval.points_per_pass=1; that with
+direction.dtype=bfloat16; that with model.dtype=bfloat16 (x the weights still counts float32 weights). Each run's
+per-stage peaks (from its rank 0 log) are printed beside it.
 """
 
 from __future__ import annotations
@@ -81,24 +89,46 @@ def main() -> None:
     model = work / "model"
     if not (model / "model.safetensors").exists():
         write_model(model, args.layers, args.width, args.vocab)
-    params = int(subprocess.run([sys.executable, "-c", COUNT.format(path=str(model))], capture_output=True,
-                                text=True, check=True).stdout.strip().splitlines()[-1])
+    tiny = work / "tiny"
+    if not (tiny / "model.safetensors").exists():
+        write_model(tiny, 1, 96, args.vocab)
+    params, tiny_params = (int(subprocess.run([sys.executable, "-c", COUNT.format(path=str(m))], capture_output=True,
+                                              text=True, check=True).stdout.strip().splitlines()[-1])
+                           for m in (model, tiny))
     base = peak([sys.executable, "-c", BASE], work)[0]
     weights = 4 * params
     print(f"GPT-2 {args.layers} layers x {args.width}, vocab {args.vocab}: {params / 1e6:.1f}M parameters, "
           f"{weights / 1e6:.0f} MB in float32; process baseline (the imports, no model) {base / 1e9:.2f} GB peak")
-    common = ["model=hf", f"model.path={model}", "data=text", f"data.path={corpus}", "loss=causal_lm",
+    common = ["model=hf", "data=text", f"data.path={corpus}", "loss=causal_lm",
               "grid.resolution=[3,3]", "grid.preview=0", "eval.samples=8", "summary.epsilon=null",
               "summary.adaptive_radius=null", "eval.progress=false", "plot.formats=[png]"]
-    settings = {"engine's choices": [], "batch 8, K=1": ["eval.batch_size=8", "eval.points_per_pass=1"]}
-    print(f"{'setting':<18}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'wall s':>9}")
+    k1 = ["eval.batch_size=8", "eval.points_per_pass=1"]
+    settings = {"engine's choices": [], "batch 8, K=1": k1, "  + bf16 dirs": [*k1, "direction.dtype=bfloat16"],
+                "bf16 model": [*k1, "model.dtype=bfloat16"]}
+    print(f"{'setting':<18}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'wall s':>9}"
+          f"{'B/param vs 1x96':>17}   stages: peak (what it leaves held), bytes/param beyond the run's start")
+    cli = [sys.executable, "-c", "from engine.app.cli import main; main()"]
     for k, (name, extra) in enumerate(settings.items()):
-        cli = [sys.executable, "-c", "from engine.app.cli import main; main()"]
-        rss, seconds, _ = peak([*cli, *common, *extra, f"name=run{k}", f"out_dir={work / 'runs'}",
-                                "store.overwrite=true"], work)
+        runs = {}
+        for tag, folder in (("", model), ("tiny", tiny)):
+            _, seconds, _ = peak([*cli, *common, *extra, f"model.path={folder}", f"name=run{k}{tag}",
+                                  f"out_dir={work / 'runs'}", "store.overwrite=true"], work)
+            runs[tag] = (seconds, *logged_peak(work / "runs" / f"run{k}{tag}" / "logs" / "rank0.log"))
+        (seconds, rss, by_stage), tiny_rss = runs[""], runs["tiny"][1]
         beyond = rss - base
+        per_param = (rss - tiny_rss) / (params - tiny_params)
         print(f"{name:<18}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}{beyond / params:>13.1f}"
-              f"{seconds:>9.1f}")
+              f"{seconds:>9.1f}{per_param:>17.1f}   {by_stage}")
+
+
+def logged_peak(log: Path) -> tuple[int, str]:
+    """(the run's peak resident bytes, its per-stage line) from the two lines engine.core.memory logs."""
+    text = log.read_text()
+    run = re.findall(r"peak memory ([\d.]+) GB beyond the process base of ([\d.]+) GB", text)
+    stages = re.findall(r"peak memory by stage, bytes per parameter: (.*)", text)
+    if not run or not stages:
+        sys.exit(f"{log} has no peak memory lines")
+    return int((float(run[-1][0]) + float(run[-1][1])) * 1e9), stages[-1]
 
 
 if __name__ == "__main__":

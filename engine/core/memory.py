@@ -63,6 +63,8 @@ class StageMemory:
         self.device = device
         self.base = current_bytes(device)
         self.peaks: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # what each stage leaves held when it ends (beyond the base)
+        self.highest = 0  # the run's own peak beyond the base: the largest of the stages' (each resets the counter)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -73,15 +75,23 @@ class StageMemory:
         finally:
             if measured:
                 self.peaks[name] = max(self.peaks.get(name, 0), peak_bytes(self.device) - self.base)
+                self.highest = max(self.highest, self.peaks[name])
+            self.held[name] = current_bytes(self.device) - self.base
 
     def table(self, params: int) -> dict[str, dict[str, float]]:
-        """{stage: {"gb": peak beyond the base in GB, "bytes_per_param": that over params}}."""
-        return {name: {"gb": round(b / 1e9, 3), "bytes_per_param": round(b / max(params, 1), 2)}
-                for name, b in self.peaks.items()}
+        """{stage: {"gb": peak beyond the base in GB, "bytes_per_param": that over params, "held_bytes_per_param":
+        what the stage left held, over params}}."""
+        n = max(params, 1)
+        return {name: {"gb": round(b / 1e9, 3), "bytes_per_param": round(b / n, 2),
+                       "held_bytes_per_param": round(self.held.get(name, 0) / n, 2)} for name, b in self.peaks.items()}
 
     def log(self, params: int) -> None:
-        """One line in the engine log: every stage's peak in bytes per parameter."""
+        """Two lines in the engine log: the run's peak, and every stage's peak (and what it left held) in bytes
+        per parameter. The run's peak is the largest stage peak: reading the process's own high-water mark after
+        the run would give the last stage's only."""
         if self.peaks:
-            parts = ", ".join(f"{n} {v['bytes_per_param']:.1f}" for n, v in self.table(params).items())
-            log.info("peak memory beyond the process base (%.2f GB), bytes per parameter (%d parameters): %s",
-                     self.base / 1e9, params, parts)
+            log.info("peak memory %.3f GB beyond the process base of %.3f GB (%d parameters)", self.highest / 1e9,
+                     self.base / 1e9, params)
+            parts = ", ".join(f"{n} {v['bytes_per_param']:.1f} (holds {v['held_bytes_per_param']:.1f})"
+                              for n, v in self.table(params).items())
+            log.info("peak memory by stage, bytes per parameter: %s", parts)
