@@ -1,4 +1,4 @@
-"""Per-stage peak memory (engine.core.memory): each stage sees its own high-water mark, the run's peak is the largest."""
+"""Per-stage peak memory (engine.core.memory): each stage sees its own high-water mark; the run peak is the largest."""
 
 from __future__ import annotations
 
