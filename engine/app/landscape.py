@@ -15,14 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from engine.app import stages
 from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
-from engine.core.dist import on_main, process_group
+from engine.core.dist import DistEnv, on_main, process_group
 from engine.core.memory import StageMemory
-from engine.directions.vectors import perturbed
+from engine.curvature.spectra import Batches as HessianBatches
+from engine.directions.vectors import PerturbedTensors, perturbed
 from engine.sources.data import load_data
+from engine.sources.losses import Loss
+from engine.sources.splits import AnySplit
 from engine.store.grid import make_levels
 from engine.store.tiles import Work
 
@@ -54,6 +59,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     stages.preflight(cfg)
     with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
+        group = stages.shard_stage(cfg, env)  # parallel.shard's mesh, before anything is loaded or written
         levels = make_levels(cfg.grid)
         plan = levels[""]
         memory = StageMemory(env.device)
@@ -83,22 +89,26 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
             store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
+        if group is not None:  # spectrum and sharpness on the whole model, before it is sharded
+            with memory.stage("curvature"):
+                curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
+            with memory.stage("shard"):
+                target, made = stages.sharded(model, target, made, group)
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split)} "
-            f"{cfg.eval.split} samples ({env.world_size} rank(s), {env.device}) into {store}")
+            f"{cfg.eval.split} samples ({env.world_size} rank(s){stages.groups_note(group)}, {env.device}) "
+            f"into {store}")
         with memory.stage("sweep"):
             tune_on = stages.tuning_plan(levels, store)
-            batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on, loss)
+            batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on, loss, group)
             logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
             recalibrate = stages.recalibrator(cfg, data, model, batch_size, env, channels_last, loss)
             runner = stages.runner_stage(cfg, model, target, made, batches, env, tune_on, recalibrate, hvp_batches,
-                                         loss)
-            tiles = stages.sweep_stage(runner, levels, store, cfg, env)
+                                         loss, group)
+            tiles = stages.sweep_stage(runner, levels, store, cfg, env, group)
         del runner, batches  # the stacked evaluator's copies and the cached batches are not needed past the sweep
-        with memory.stage("curvature"):
-            if cfg.hessian.spectrum:
-                stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
-            if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
-                on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
+        if group is None:
+            with memory.stage("curvature"):
+                curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
         held.close()  # the store's lease is released before the summary, as the sweep's last step
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
         ranks = ranks_and_devices(env)
@@ -111,6 +121,16 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             report(result, time.perf_counter() - start, len(tiles), say)
         memory.log(sum(p.numel() for p in model.parameters()))
     return result
+
+def curvature(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, hvp_batches: HessianBatches,
+              resolved: dict[str, Any], env: DistEnv, store: Path, say: stages.Say, loss: Loss,
+              split: AnySplit) -> None:
+    """The spectrum at theta* (every rank) and the sharpness numbers (rank 0), when asked for."""
+    if cfg.hessian.spectrum:
+        stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
+    if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
+        on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
+
 
 def report(result: RunResult, seconds: float, tiles: int, say: stages.Say) -> None:
     """The run's last console lines: time, the center's numbers, a partial store's warning, where things are."""

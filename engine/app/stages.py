@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ from engine.sweep.runner import choose_batch_size, make_runner
 from engine.sweep.tiles import sweep_tiles
 from engine.sweep.vectorized import PointRunner
 
+if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
+    from engine.sweep.sharded import ShardGroup
+
 
 @dataclass
 class Given:
@@ -71,6 +74,7 @@ class Given:
 
 
 DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
+SHARDED_BATCH = 8  # eval batch size of a sharded model when not set (large models: its activations stay small)
 
 Say = Callable[[str], None]
 
@@ -191,7 +195,10 @@ def probed(loss: Loss, model: nn.Module, split: AnySplit, env: DistEnv) -> Loss:
 
 
 def uses_channels_last(cfg: RunConfig, split: AnySplit) -> bool:
-    """eval.channels_last, or (left null) whether the inputs are images held in memory."""
+    """eval.channels_last, or (left null) whether the inputs are images held in memory; never for a sharded model
+    (FSDP2 shards contiguous parameters only)."""
+    if cfg.parallel.shard > 1:
+        return False
     if cfg.eval.channels_last is not None:
         return cfg.eval.channels_last
     return isinstance(split, Split) and isinstance(split.x, torch.Tensor) and split.x.dim() == 4
@@ -323,11 +330,38 @@ def tuning_plan(levels: dict[str, GridPlan], store: Path) -> GridPlan | None:
     return levels[""] if pending_work(levels, open_existing(store)) else None
 
 
+def shard_stage(cfg: RunConfig, env: DistEnv) -> ShardGroup | None:
+    """parallel.shard's device mesh (None when each rank holds the whole model)."""
+    if cfg.parallel.shard == 1:
+        return None
+    from engine.sweep.sharded import shard_group  # FSDP2's modules, for sharded runs only
+
+    return shard_group(env, cfg.parallel.shard)
+
+
+def sharded(model: nn.Module, target: PerturbedTensors, made: Directions,
+            group: ShardGroup) -> tuple[PerturbedTensors, Directions]:
+    """Shard the model over its group (FSDP2) and keep this rank's rows of the perturbed tensors and directions."""
+    from engine.sweep.sharded import localize, shard_model
+
+    blocks = shard_model(model, group)
+    logging.getLogger("engine").info("model sharded over %d ranks: %d block(s) and the root", group.size, blocks)
+    return localize(model, target, made, group)
+
+
+def groups_note(group: ShardGroup | None) -> str:
+    """', R group(s) of S shards' for the console line of a sharded run, else nothing."""
+    return "" if group is None else f" as {group.replicas} group(s) of {group.size} shards"
+
+
 def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEnv, tune_on: GridPlan | None,
-                  loss: Loss) -> tuple[EvalBatches, int]:
+                  loss: Loss, group: ShardGroup | None = None) -> tuple[EvalBatches, int]:
     """The eval batches and their size: eval.batch_size, else the fastest size timed on rank 0 (on up to 4096
-    samples held in memory, 1024 of a streamed set)."""
+    samples held in memory, 1024 of a streamed set); a sharded model is not timed (its forward is collective): 8."""
     e = cfg.eval
+    if group is not None:
+        return eval_batches(split, e.batch_size or SHARDED_BATCH, env.device, e.cache, e.memory_gb, e.workers), \
+            e.batch_size or SHARDED_BATCH
     sample = 4096 if isinstance(split, Split) else 1024
     batch_size = e.batch_size or (broadcast_value(env, on_main(env, lambda: choose_batch_size(
         model, held(subsample(split, sample)), env.device, e.precision, loss=loss,
@@ -352,8 +386,13 @@ def recalibrator(cfg: RunConfig, data: DataBundle | None, model: nn.Module, batc
 
 def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, made: Directions, batches: EvalBatches,
                  env: DistEnv, tune_on: GridPlan | None, recalibrate: BatchNormRecalibrator | None,
-                 hvp_batches: HessianBatches, loss: Loss) -> PointRunner:
-    """The point runner, with the curvature probe attached when curvature maps are asked for."""
+                 hvp_batches: HessianBatches, loss: Loss, group: ShardGroup | None = None) -> PointRunner:
+    """The point runner, with the curvature probe attached when curvature maps are asked for; on a sharded model,
+    points one at a time as data-parallel steps of the group."""
+    if group is not None:
+        from engine.sweep.sharded import sharded_runner
+
+        return sharded_runner(model, target, made, batches, group, cfg.eval.precision, loss)
     runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
                          recalibrate, target.logged, loss)
     if cfg.hessian.curvature:
@@ -362,9 +401,11 @@ def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, mad
 
 
 def sweep_stage(runner: PointRunner, levels: dict[str, GridPlan], store: Path, cfg: RunConfig,
-                env: DistEnv) -> list[Work]:
-    """Every pending tile of the store, claimed rank by rank; returns the tiles this rank computed."""
-    tiles = sweep_tiles(runner, levels, open_existing(store, "r+"), progress=cfg.eval.progress, env=env)
+                env: DistEnv, group: ShardGroup | None = None) -> list[Work]:
+    """Every pending tile of the store, claimed rank by rank (shard group by shard group); returns the tiles this
+    rank computed."""
+    tiles = sweep_tiles(runner, levels, open_existing(store, "r+"), progress=cfg.eval.progress, env=env,
+                        group=group)
     barrier()
     return tiles
 

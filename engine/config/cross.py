@@ -29,6 +29,13 @@ def check_combination(cfg: RunConfig) -> None:
     if cfg.hessian.matrix == "ggn" and cfg.loss.name == "custom":
         raise UserError("hessian.matrix=ggn needs a loss of the model's output (cross_entropy, mse or causal_lm); "
                         "loss=custom computes its value inside its own function: use hessian.matrix=hessian")
+    shard = cfg.parallel.shard
+    for on, key, why in ((cfg.hessian.curvature, "hessian.curvature", "Hessian-vector products at every point"),
+                         (e.recalibrate_bn, "eval.recalibrate_bn", "BatchNorm statistics recomputed at every point"),
+                         (e.compile, "eval.compile", "a compiled model")):
+        if shard > 1 and on:
+            raise UserError(f"parallel.shard={shard} does not support {key} ({why} on a sharded model); turn it "
+                            "off or set parallel.shard=1")
     if e.precision != "fp32" and e.device == "cpu":
         raise UserError(f"eval.precision={e.precision} is autocast on CUDA devices; use eval.precision=fp32 with "
                         "eval.device=cpu")

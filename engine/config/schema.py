@@ -302,6 +302,19 @@ class HessianConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the job's ranks hold the model: shard=S splits the W ranks into W/S replica groups of S ranks, each group
+    holding one copy of the model sharded over its S ranks (FSDP2) and evaluating each point as one data-parallel
+    step; the groups claim tiles as single ranks do. shard=1: every rank holds the whole model."""
+
+    shard: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shard < 1:
+            raise UserError(f"parallel.shard={self.shard} must be >= 1 (the ranks one copy of the model is split over)")
+
+
+@dataclass
 class StoreConfig:
     """Where the Zarr store goes and whether an existing one written by another config may be replaced."""
 
@@ -377,6 +390,7 @@ class RunConfig:
     plot: PlotConfig = field(default_factory=PlotConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def register_configs() -> None:
@@ -397,6 +411,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128, "data.label_field": None,
     "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
     "direction.include": [], "direction.exclude": [], "direction.frozen": False,
+    "model.dtype": "float32", "direction.dtype": "float32",
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
 }
 

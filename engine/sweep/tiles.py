@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -23,6 +24,9 @@ from engine.store.tiles import Work, pending_work, write_tile
 from engine.sweep.counter import TileCounter
 from engine.sweep.vectorized import PointRunner
 
+if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
+    from engine.sweep.sharded import ShardGroup
+
 log = logging.getLogger(__name__)
 _SWEEPS = itertools.count()  # every rank sweeps in the same order, so the n-th sweep's counter keys agree
 
@@ -32,11 +36,13 @@ def sweep_tiles(
     root: zarr.Group,
     progress: bool = True,
     env: DistEnv | None = None,
+    group: ShardGroup | None = None,
 ) -> list[Work]:
     """Compute every tile whose done flag is unset, coarse level first; returns the (level, tile)s this rank did.
 
     Every rank lists the same pending work (the done flags are read after a barrier); each then claims the
-    next item from an atomic counter until none is left, so ranks never write the same chunk.
+    next item from an atomic counter until none is left, so ranks never write the same chunk. With a shard group
+    (parallel.shard), its leader claims for the group, every rank of it computes the tile, the leader writes it.
     """
     levels = {"": levels} if isinstance(levels, GridPlan) else levels
     env = env or DistEnv(0, 1, 0, next(runner.model.parameters()).device)
@@ -56,14 +62,16 @@ def sweep_tiles(
     with runner.perturber.active(), bar, ThreadPoolExecutor(1, thread_name_prefix="tile-writer") as writer:
         writing: Future | None = None
         try:
-            while (k := claims.add(1) - 1) < len(work):
+            while (k := claim(claims, group)) < len(work):
                 level, tile = work[k]
                 start = time.perf_counter()
                 values = compute_tile(runner, levels[level], tile)
                 if writing is not None:
                     writing.result()
-                writing = writer.submit(write_tile, root, levels[level], tile, values, level, arrays)
                 mine.append((level, tile))
+                if group is not None and not group.leader:
+                    continue
+                writing = writer.submit(write_tile, root, levels[level], tile, values, level, arrays)
                 total = points.add(sizes[k])
                 log.info("rank %d: %s tile %s (%d points) in %.2f s", env.rank, level or "full", tile, sizes[k],
                          time.perf_counter() - start)
@@ -72,6 +80,13 @@ def sweep_tiles(
             if writing is not None:
                 writing.result()
     return mine
+
+
+def claim(claims: TileCounter, group: ShardGroup | None) -> int:
+    """The index of the next work item this rank computes: its own claim, or its shard group leader's."""
+    if group is None:
+        return claims.add(1) - 1
+    return group.broadcast(claims.add(1) - 1 if group.leader else -1)
 
 
 def compute_tile(runner: PointRunner, plan: GridPlan, tile: tuple[int, ...]) -> dict[str, np.ndarray]:

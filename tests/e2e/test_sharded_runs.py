@@ -1,0 +1,118 @@
+"""parallel.shard=S on real gloo ranks (FSDP2 on CPU): a ResNet-8 sharded over 2 ranks, over 4 ranks as 2 replica groups
+of 2 shards, and a tiny GPT-2 sharded over 2 ranks give the store of one unsharded process bit for bit (the same
+forward per batch on the gathered weights, the per-batch sums added in batch order); a sharded run killed with
+SIGKILL and rerun equals an uninterrupted one; what a sharded model cannot do is refused in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.store.read import read_directions, read_surface
+from helpers import ENV, GRID, TINY, assert_same_store, torchrun
+from hf_fixtures import save_tiny_lm, tiny_text
+
+# in place, one point at a time, contiguous weights: the path a sharded model takes, so the stores compare bitwise
+SAME_PATH = ["eval.points_per_pass=1", "eval.rewrites=[]", "eval.channels_last=false", "eval.batch_size=16",
+             "summary.epsilon=null", "summary.adaptive_radius=null"]
+LM = ["model=hf", "data=text", "data.block_size=32", "loss=causal_lm", "eval.samples=24", "eval.batch_size=4",
+      "grid.resolution=[3,3]", "grid.tile=[2,2]", "grid.preview=0"]
+
+
+def one_process(cwd: Path, *overrides: str) -> None:
+    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *overrides],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unsharded 1-process stores and the sharded ones, of the ResNet and of the LM."""
+    cwd = tmp_path_factory.mktemp("sharded")
+    one_process(cwd, *SAME_PATH, "name=one")
+    ckpt = f"model.checkpoint={cwd / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
+    for nproc, name in ((2, "s2"), (4, "r2s2")):
+        done = torchrun(nproc, ckpt, *SAME_PATH, "parallel.shard=2", f"name={name}", cwd=cwd)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = tiny_text(6000)
+    (cwd / "corpus.txt").write_text(text)
+    save_tiny_lm(cwd / "lm", text)
+    lm = [*LM, f"model.path={cwd / 'lm'}", f"data.path={cwd / 'corpus.txt'}"]
+    one_process(cwd, *SAME_PATH, *lm, "name=lm_one")
+    done = torchrun(2, *SAME_PATH, *lm, "parallel.shard=2", "name=lm_s2", cwd=cwd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return cwd
+
+
+@pytest.mark.parametrize(("one", "sharded"), [("one", "s2"), ("one", "r2s2"), ("lm_one", "lm_s2")])
+def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharded: str) -> None:
+    a, b = runs / "runs" / one / "landscape.zarr", runs / "runs" / sharded / "landscape.zarr"
+    if one == "lm_one":  # no preview level on the LM's grid
+        sa, sb = read_surface(a), read_surface(b)
+        assert sa.done.all() and sb.done.all()
+        for metric in sa.metrics:
+            np.testing.assert_array_equal(sa.metrics[metric], sb.metrics[metric])
+    else:
+        assert_same_store(a, b)
+    for da, db in zip(read_directions(a), read_directions(b)):
+        assert da.keys() == db.keys() and all(np.array_equal(da[k], db[k]) for k in da)
+
+
+def test_groups_claim_tiles_and_leaders_write_them(runs: Path) -> None:
+    """R=2 groups of 2: both groups' leaders (ranks 0 and 2) claim tiles, every tile once; ranks 1 and 3 claim none."""
+    logs = runs / "runs" / "r2s2" / "logs"
+    claimed = {r: len(re.findall(r"tile \(", (logs / f"rank{r}.log").read_text())) for r in range(4)}
+    assert claimed[1] == claimed[3] == 0 and claimed[0] + claimed[2] == 9 + 4
+    text = (logs / "rank3.log").read_text()
+    assert "replica group 1 of 2, shard 1" in text
+
+
+def _wait_for(pattern: str, path: Path, proc: subprocess.Popen, timeout: float = 240) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = re.search(pattern, path.read_text()) if path.exists() else None
+        if found:
+            return found.group(1)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern} not in {path} after {timeout} s")
+
+
+def test_killed_sharded_run_resumes_to_the_uninterrupted_store(runs: Path) -> None:
+    ckpt = f"model.checkpoint={runs / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
+    args = (ckpt, *SAME_PATH, "parallel.shard=2", "name=killed", "eval.samples=256")
+    proc = torchrun(2, *args, cwd=runs, wait=False)
+    log1 = runs / "runs" / "killed" / "logs" / "rank1.log"
+    pid = int(_wait_for(r"pid (\d+)\)", log1, proc))
+    _wait_for(r"(tile) \(", runs / "runs" / "killed" / "logs" / "rank0.log", proc)
+    os.kill(pid, signal.SIGKILL)  # a shard of the group dies mid-sweep
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not read_surface(runs / "runs" / "killed" / "landscape.zarr").done.all()
+    done = torchrun(2, *args, cwd=runs)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one_process(runs, ckpt, *SAME_PATH, "name=whole256", "eval.samples=256")
+    assert_same_store(runs / "runs" / "whole256" / "landscape.zarr", runs / "runs" / "killed" / "landscape.zarr")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "parallel.shard=2 needs a multiple of 2 ranks and this job has 1"),
+    (["hessian.curvature=true"], "parallel.shard=2 does not support hessian.curvature"),
+    (["eval.recalibrate_bn=true"], "parallel.shard=2 does not support eval.recalibrate_bn"),
+])
+def test_what_a_sharded_model_cannot_do_is_refused_in_one_line(runs: Path, extra: list[str], message: str) -> None:
+    ckpt = f"model.checkpoint={runs / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
+    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, ckpt,
+                           *SAME_PATH, "parallel.shard=2", "name=refused", *extra], cwd=runs, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert not (runs / "runs" / "refused" / "landscape.zarr").exists()
+    assert done.stderr.strip().splitlines() == [f"error: {message}" + done.stderr.split(message, 1)[1].split("\n")[0]]
