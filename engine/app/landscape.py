@@ -22,6 +22,7 @@ from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, on_main, process_group
+from engine.core.hostalloc import release_freed_memory
 from engine.core.memory import StageMemory
 from engine.curvature.spectra import Batches as HessianBatches
 from engine.directions.vectors import PerturbedTensors, perturbed
@@ -83,12 +84,14 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             hvp_batches = stages.hessian_stage_batches(cfg, split, env)
             made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
             fingerprint = stages.agree_across_ranks(env, model, made)
+        release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
             store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
+        release_freed_memory()  # the directions' chunk buffers and codecs' scratch
         if group is not None:  # spectrum and sharpness on the whole model, before it is sharded
             with memory.stage("curvature"):
                 curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
@@ -106,6 +109,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                                          loss, group)
             tiles = stages.sweep_stage(runner, levels, store, cfg, env, group)
         del runner, batches  # the stacked evaluator's copies and the cached batches are not needed past the sweep
+        release_freed_memory()
         if group is None:
             with memory.stage("curvature"):
                 curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)

@@ -10,6 +10,7 @@ recommends.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import sys
 
@@ -34,3 +35,16 @@ def keep_freed_memory() -> bool:
     log.info("glibc malloc: mmap threshold %d MiB, trim threshold %d MiB (%s)", MMAP_THRESHOLD >> 20,
              TRIM_THRESHOLD >> 20, "set" if ok else "refused")
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Collect unreachable objects (reference cycles that hold tensors) and hand the heap's free pages back to the
+    kernel (glibc malloc_trim): called between stages, where a large model's freed copies would otherwise stay
+    resident under the thresholds above; False where not glibc."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, broadcast_value, on_main
+from engine.core.hostalloc import release_freed_memory
 from engine.core.memory import current_bytes, peak_bytes, reset_peak
 from engine.sources.batches import EvalBatches, device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
@@ -64,14 +65,18 @@ def make_runner(
         if fast is not None:
             fast.register([x for x, _ in batches])
     evaluator: PointsEvaluator | None = None
-    if e.points_per_pass != 1 and not in_place_only:
+    k_max = points_per_pass(model, theta, batches, e.memory_gb, loss=loss, count=len(directions)) \
+        if e.points_per_pass is None and tune_on is not None and not in_place_only else 0
+    if k_max == 1:
+        log.info("points per pass: K=1 (stacked points' copies of the weights would not fit eval.memory_gb=%g)",
+                 e.memory_gb)
+    if e.points_per_pass != 1 and not in_place_only and k_max != 1:
         if "stacked_graph" in on and not e.compile and tensor_pairs(batches):
             evaluator = make_stacked(model, names, theta, directions, batches, e.precision, logged, loss,
                                      e.memory_gb / 4)
         evaluator = evaluator or make_evaluator(model, names, theta, directions, batches, e.precision, logged, loss)
     runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast, loss=loss)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
-        k_max = points_per_pass(model, theta, batches, e.memory_gb, loss=loss)
         grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
         with perturber.active():
             picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max,
@@ -79,6 +84,7 @@ def make_runner(
         runner.k = broadcast_value(env, picked)
         if runner.k == 1:
             runner.evaluator = None  # every rank lets go of the stacked evaluator's flat copies
+            release_freed_memory()
         log.info("points per pass: K=%d (memory allows %d)", runner.k, k_max)
     return runner
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from engine.core.hostalloc import release_freed_memory
 from engine.core.memory import current_bytes, peak_bytes, reset_peak
 from engine.sources.batches import EvalBatches
 from engine.sources.losses import CROSS_ENTROPY, Loss, autocast, evaluate, first_device
@@ -108,10 +109,13 @@ def activation_bytes(model: nn.Module, batch: Batch, loss: Loss = CROSS_ENTROPY)
 
 
 def points_per_pass(model: nn.Module, theta: list[torch.Tensor], batches: EvalBatches, budget_gb: float,
-                    limit: int = 256, loss: Loss = CROSS_ENTROPY) -> int:
-    """K from a memory budget: each stacked point costs its perturbed tensors plus one batch's activations."""
-    per_point = sum(t.numel() * t.element_size() for t in theta) + activation_bytes(model, batches[0], loss)
-    return int(max(1, min(limit, budget_gb * 2**30 // max(per_point, 1))))
+                    limit: int = 256, loss: Loss = CROSS_ENTROPY, count: int = 2) -> int:
+    """K from a memory budget: the evaluator's flat copies of theta* and the `count` directions come first, then each
+    stacked point costs its perturbed tensors plus one batch's activations. 1: stacking does not fit."""
+    weights = sum(t.numel() * t.element_size() for t in theta)
+    per_point = weights + activation_bytes(model, batches[0], loss)
+    room = budget_gb * 2**30 - (1 + count) * weights
+    return int(max(1, min(limit, room // max(per_point, 1))))
 
 
 def make_evaluator(
@@ -120,10 +124,10 @@ def make_evaluator(
 ) -> PointsEvaluator | None:
     """A PointsEvaluator if this model runs under vmap and agrees with a plain call, else None (reason logged)."""
     try:
-        ev = PointsEvaluator(model, names, theta, directions, batches, precision, logged, loss)
-        probe = [take(batches[0], slice(0, 2))]
-        ev_probe = PointsEvaluator(model, names, theta, directions, probe, logged=logged, loss=loss)
-        got = ev_probe.evaluate(np.zeros((2, len(directions))))["loss"]
+        ev = PointsEvaluator(model, names, theta, directions, batches, "fp32", logged, loss)
+        probe = [take(batches[0], slice(0, 2))]  # checked on the evaluator itself: a second one would copy theta* again
+        got = ev.evaluate(np.zeros((2, len(directions))), probe)["loss"]
+        ev.precision = precision
         want = evaluate(model, probe, loss=loss)["loss"]
         if not np.allclose(got, want, rtol=1e-3, atol=1e-5):
             raise RuntimeError(f"vmap result {got} differs from a plain call {want}")
@@ -206,4 +210,5 @@ def choose_k(runner: PointRunner, coords: np.ndarray, k_max: int, budget_bytes: 
     runner.k = best_k
     if best_k == 1:
         runner.evaluator = None  # its flat copies of theta* and the directions are not needed on the K = 1 path
+        release_freed_memory()  # the evaluator sits in a reference cycle (its vmapped bound method)
     return best_k
