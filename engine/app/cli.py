@@ -1,6 +1,7 @@
 """Command-line entry points: `landscape` (train if needed, sweep, summarize, draw), `landscape-train`,
 `landscape-plot STORE` (redraw from a store), `landscape-export STORE` (VTK files for ParaView) and
-`landscape-spectrum` (Hessian spectra at theta*, no sweep) and `landscape-check STORE...` (damaged chunks listed).
+`landscape-spectrum` (Hessian spectra at theta*, no sweep), `landscape-check STORE...` (damaged chunks listed) and
+`landscape-plan` (memory per rank and wall time of a run for each parallel.shard, nothing swept).
 Bad input ends in one line on stderr and exit code 2; config mistakes are caught before Hydra starts a job
 (engine/config/check.py), so a refused command leaves its run folder as it was.
 
@@ -116,6 +117,31 @@ def export_main(argv: list[str] | None = None) -> None:
     from engine.app.export import main as export
 
     export(argv)
+
+
+def plan_main(argv: list[str] | None = None) -> None:
+    """`landscape-plan [--ranks W] [--points N] OVERRIDES...`: memory per rank for each parallel.shard, tiles per
+    group and the grid's wall time from points timed here, without sweeping or writing anything."""
+    parser = argparse.ArgumentParser(prog="landscape-plan", description=plan_main.__doc__)
+    parser.add_argument("--ranks", type=int, default=1, help="ranks to plan for (GPUs of the job; default 1)")
+    parser.add_argument("--points", type=int, default=3, help="grid points timed on this device (default 3)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="memory of one rank's device to plan against (default: this machine's GPU, or its host "
+                             "memory over the ranks)")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    register_configs()
+
+    def go() -> None:
+        from engine.app.plan import plan_lines
+
+        if args.ranks < 1 or args.points < 1:
+            raise UserError(f"--ranks={args.ranks} and --points={args.points} must be >= 1")
+        run_cfg = check_command_line(open_dict_keys(overrides))
+        if run_cfg is None:
+            raise UserError("landscape-plan plans one run: leave out -m and comma-separated sweeps")
+        print("\n".join(plan_lines(run_cfg, args.ranks, args.points, args.memory_gb)))
+
+    guarded(go)
 
 
 def check_main(argv: list[str] | None = None) -> None:

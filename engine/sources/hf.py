@@ -144,3 +144,18 @@ def check_text_fits(model: nn.Module, vocab_size: int, block_size: int, pad_toke
     if pad_token_id is not None and model_pad is not None and pad_token_id != model_pad:
         raise UserError(f"the tokenizer pads with token {pad_token_id} but the model's config.pad_token_id is "
                         f"{model_pad}; save the model's own tokenizer with it (or leave data.tokenizer unset)")
+
+
+def hf_parameter_count(cfg: ModelConfig) -> tuple[int, bool]:
+    """(parameters of the model at cfg.path with cfg.task's head, whether the folder holds weights), counted on the
+    meta device from config.json alone: a 70B model's folder can be planned on a laptop, no weights read."""
+    if not cfg.path or not (Path(cfg.path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path={cfg.path} holds no config.json; give {SAVED}")
+    folder = Path(cfg.path).expanduser()
+    transformers = import_transformers("model=hf")
+    config = load_config(transformers, folder, cfg.trust_remote_code)
+    auto = getattr(transformers, AUTO_CLASSES[cfg.task])
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    return sum(p.numel() for p in model.parameters()), weights
