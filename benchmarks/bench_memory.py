@@ -16,8 +16,8 @@ So each setting also runs on a GPT-2 of 1 layer x 96 (the same tokenizer), and t
 the two runs' peaks over the difference of their parameters: the bytes each parameter of the model costs.
 
 Settings: the engine's own choices (batch size and K timed); eval.batch_size=8 eval.points_per_pass=1; that with
-direction.dtype=bfloat16; that with model.dtype=bfloat16 (x the weights still counts float32 weights). Each run's
-per-stage peaks (from its rank 0 log) are printed beside it.
+direction.dtype=bfloat16; that with model.dtype=bfloat16 (x the weights still counts float32 weights); that on 2
+torchrun ranks with parallel.shard=2, one row per rank. Each run's per-stage peaks (from its log) are printed beside it.
 """
 
 from __future__ import annotations
@@ -103,22 +103,34 @@ def main() -> None:
               "grid.resolution=[3,3]", "grid.preview=0", "eval.samples=8", "summary.epsilon=null",
               "summary.adaptive_radius=null", "eval.progress=false", "plot.formats=[png]"]
     k1 = ["eval.batch_size=8", "eval.points_per_pass=1"]
-    settings = {"engine's choices": [], "batch 8, K=1": k1, "  + bf16 dirs": [*k1, "direction.dtype=bfloat16"],
-                "bf16 model": [*k1, "model.dtype=bfloat16"]}
-    print(f"{'setting':<18}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'wall s':>9}"
+    settings: dict[str, tuple[list[str], int]] = {
+        "engine's choices": ([], 1), "batch 8, K=1": (k1, 1), "  + bf16 dirs": ([*k1, "direction.dtype=bfloat16"], 1),
+        "bf16 model": ([*k1, "model.dtype=bfloat16"], 1), "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2)}
+    print(f"{'setting':<22}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'s/point':>9}"
           f"{'B/param vs 1x96':>17}   stages: peak (what it leaves held), bytes/param beyond the run's start")
-    cli = [sys.executable, "-c", "from engine.app.cli import main; main()"]
-    for k, (name, extra) in enumerate(settings.items()):
-        runs = {}
+    for k, (name, (extra, nproc)) in enumerate(settings.items()):
+        cli = [sys.executable, "-c", "from engine.app.cli import main; main()"] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+            "engine.sweep"]
         for tag, folder in (("", model), ("tiny", tiny)):
-            _, seconds, _ = peak([*cli, *common, *extra, f"model.path={folder}", f"name=run{k}{tag}",
-                                  f"out_dir={work / 'runs'}", "store.overwrite=true"], work)
-            runs[tag] = (seconds, *logged_peak(work / "runs" / f"run{k}{tag}" / "logs" / "rank0.log"))
-        (seconds, rss, by_stage), tiny_rss = runs[""], runs["tiny"][1]
-        beyond = rss - base
-        per_param = (rss - tiny_rss) / (params - tiny_params)
-        print(f"{name:<18}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}{beyond / params:>13.1f}"
-              f"{seconds:>9.1f}{per_param:>17.1f}   {by_stage}")
+            peak([*cli, *common, *extra, f"model.path={folder}", f"name=run{k}{tag}", f"out_dir={work / 'runs'}",
+                  "store.overwrite=true"], work)
+        for rank in range(nproc):
+            logs = [work / "runs" / f"run{k}{tag}" / "logs" / f"rank{rank}.log" for tag in ("", "tiny")]
+            (rss, by_stage), (tiny_rss, _) = logged_peak(logs[0]), logged_peak(logs[1])
+            beyond = rss - base
+            per_param = (rss - tiny_rss) / (params - tiny_params)
+            label = name if nproc == 1 else f"{name}, rank {rank}"
+            print(f"{label:<22}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}"
+                  f"{beyond / params:>13.1f}{point_seconds(logs[0]):>9.2f}{per_param:>17.1f}   {by_stage}")
+    print("s/point: the sweep's seconds per grid point from rank 0's tile lines (torchrun gives each rank one thread, "
+          "a single process takes the machine's threads)")
+
+
+def point_seconds(log: Path) -> float:
+    """Seconds per grid point of the sweep, from the tile lines a rank logs ('(N points) in S s')."""
+    tiles = re.findall(r"\((\d+) points\) in ([\d.]+) s", log.read_text())
+    return sum(float(s) for _, s in tiles) / max(1, sum(int(n) for n, _ in tiles))
 
 
 def logged_peak(log: Path) -> tuple[int, str]:
