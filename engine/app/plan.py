@@ -155,6 +155,8 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
         wall = "-" if measured is None else clock(per_group * tile_points * measured.seconds_per_point / shard)
         lines.append(f"{shard:>6}{groups:>8}{need / GB:>13.3g}{'yes' if need <= room else 'no':>6}"
                      f"{per_group:>13}{wall:>14}")
-    lines.append("wall (ideal): tiles per group x points per tile x the time per point here / S, at perfect scaling; "
-                 "memory per rank excludes the load and directions stages, which still hold the whole model")
+    whole = params * (model_bytes + count * direction_bytes)
+    lines.append("wall (ideal): tiles per group x points per tile x the time per point here / S, at perfect scaling")
+    lines.append(f"before sharding, every rank still loads the whole model and draws the whole directions: "
+                 f"{whole / GB:.3g} GB per rank at any S ({'fits' if whole <= room else 'does not fit'})")
     return lines
