@@ -22,7 +22,7 @@ from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, on_main, process_group
-from engine.core.hostalloc import release_freed_memory
+from engine.core.hostalloc import few_arenas, release_freed_memory
 from engine.core.memory import StageMemory
 from engine.curvature.spectra import Batches as HessianBatches
 from engine.directions.vectors import PerturbedTensors, perturbed
@@ -58,6 +58,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     `given` (the Python API), its model, eval set and loss replace the config's model, data and loss."""
     start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
+    few_arenas()
     with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
         group = stages.shard_stage(cfg, env)  # parallel.shard's mesh, before anything is loaded or written
