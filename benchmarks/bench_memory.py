@@ -16,9 +16,9 @@ So each setting also runs on a GPT-2 of 1 layer x 96 (the same tokenizer), and t
 the two runs' peaks over the difference of their parameters: the bytes each parameter of the model costs.
 
 Settings: the engine's own choices (batch size and K timed); eval.batch_size=8 eval.points_per_pass=1; that with
-direction.dtype=bfloat16; that with model.dtype=bfloat16 on a 2x2 grid of 2 blocks (bfloat16 matmuls are slow on CPUs without bfloat16
-units; x the weights still counts float32 weights); that on 2
-torchrun ranks with parallel.shard=2, one row per rank. Each run's per-stage peaks (from its log) are printed beside it.
+direction.dtype=bfloat16; that with model.dtype=bfloat16 on a 2x2 grid of 2 blocks (bfloat16 matmuls are slow on CPUs
+without bfloat16 units; x the weights still counts float32 weights); that on 2 torchrun ranks with parallel.shard=2,
+one row per rank. Each run's per-stage peaks (from its log) are printed beside it.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def main() -> None:
     k1 = ["eval.batch_size=8", "eval.points_per_pass=1"]
     settings: dict[str, tuple[list[str], int]] = {
         "engine's choices": ([], 1), "batch 8, K=1": (k1, 1), "  + bf16 dirs": ([*k1, "direction.dtype=bfloat16"], 1),
-        "bf16 model (2x2, 2)": ([*k1, "model.dtype=bfloat16", "grid.resolution=[2,2]", "eval.samples=2"], 1), "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2)}
+        "bf16 model (2x2, 2)": ([*k1, "model.dtype=bfloat16", "grid.resolution=[2,2]", "eval.samples=2"], 1),
+        "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2)}
     print(f"{'setting':<22}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'s/point':>9}"
           f"{'B/param vs 1x96':>17}   stages: peak (what it leaves held), bytes/param beyond the run's start")
     for k, (name, (extra, nproc)) in enumerate(settings.items()):

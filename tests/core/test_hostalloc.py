@@ -28,3 +28,9 @@ def test_released_memory_leaves_the_resident_set():
     del holder
     release_freed_memory()
     assert current_bytes(cpu) < before - 48 * 2**20
+
+
+def test_heaps_are_capped_on_linux():
+    from engine.core.hostalloc import few_arenas
+
+    assert few_arenas()
