@@ -92,12 +92,15 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
             store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
+            spec.directions = []  # written: the store's lease keeps the spec, not the directions (a sharded run
+            # lets go of the whole ones once it has cut its rows)
         release_freed_memory()  # the directions' chunk buffers and codecs' scratch
         if group is not None:  # spectrum and sharpness on the whole model, before it is sharded
             with memory.stage("curvature"):
                 curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
             with memory.stage("shard"):
                 target, made = stages.sharded(model, target, made, group)
+            release_freed_memory()  # the whole weights and directions, now that each rank holds its rows
         say(f"sweeping {'x'.join(map(str, plan.shape))} points of {cfg.model.name} on {len(split)} "
             f"{cfg.eval.split} samples ({env.world_size} rank(s){stages.groups_note(group)}, {env.device}) "
             f"into {store}")
