@@ -116,17 +116,13 @@ def localize(model: nn.Module, target: PerturbedTensors, made: Directions,
     """The perturbed tensors as this rank's shards of the sharded model, and the directions (and an interpolation's
     end point) cut to the same rows; the whole ones are let go of. Buffers (BatchNorm statistics) are not sharded:
     every rank moves them whole."""
-    params: dict[str, torch.Tensor] = dict(model.named_parameters())
+    live: dict[str, torch.Tensor] = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     tensors: list[torch.Tensor] = []
     cut: list[bool] = []
     for name, old in zip(target.names, target.tensors):
-        live = params.get(name)
-        if isinstance(live, DTensor):
-            tensors.append(live.to_local())
-            cut.append(True)
-        else:
-            tensors.append(old)
-            cut.append(False)
+        now = live.get(name, old)  # the module's tensor after sharding (FSDP2 may have moved a buffer)
+        cut.append(isinstance(now, DTensor))
+        tensors.append(now.to_local() if isinstance(now, DTensor) else now)
 
     def mine(whole: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
