@@ -55,6 +55,7 @@ def submit(
     """Submit one sweep: `nodes` x `tasks` ranks (tasks per node), one GPU each when gpus_per_node > 0."""
     if tasks < 1 or nodes < 1:
         raise UserError("--tasks and --nodes must be >= 1")
+    check_shard_placement(overrides, tasks, nodes)
     executor = submitit.AutoExecutor(folder=f"{folder}/%j", cluster=cluster)
     params: dict[str, Any] = {"nodes": nodes, "tasks_per_node": tasks, "cpus_per_task": cpus_per_task,
                               "timeout_min": timeout_min, "name": "landscape"}
@@ -64,6 +65,25 @@ def submit(
         params["slurm_partition"] = partition
     executor.update_parameters(**params)
     return executor.submit(SweepJob(overrides, str(Path.cwd())))
+
+
+def check_shard_placement(overrides: list[str], tasks: int, nodes: int) -> None:
+    """Refuse before queueing a job whose parallel.shard groups could not each sit inside one node (or on whole
+    nodes): ranks are numbered node by node, so S must divide the tasks per node, or be a multiple of them."""
+    shards = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("parallel.shard=")]
+    if not shards:
+        return
+    try:
+        shard = int(shards[-1])
+    except ValueError:
+        raise UserError(f"parallel.shard={shards[-1]} must be an integer") from None
+    if (tasks * nodes) % shard:
+        raise UserError(f"parallel.shard={shard} needs a multiple of {shard} ranks; --nodes {nodes} x --tasks {tasks} "
+                        f"gives {tasks * nodes}")
+    if tasks % shard and shard % tasks:
+        raise UserError(f"parallel.shard={shard} with --tasks {tasks} per node would split a shard group across "
+                        f"nodes; use --tasks a multiple of {shard} (or parallel.shard a divisor or multiple of "
+                        f"{tasks})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -350,8 +350,10 @@ def sharded(model: nn.Module, target: PerturbedTensors, made: Directions,
 
 
 def groups_note(group: ShardGroup | None) -> str:
-    """', R group(s) of S shards' for the console line of a sharded run, else nothing."""
-    return "" if group is None else f" as {group.replicas} group(s) of {group.size} shards"
+    """', as R group(s) of S shards' (and the nodes rank 0's group spans) for the console line of a sharded run."""
+    if group is None:
+        return ""
+    return f" as {group.replicas} group(s) of {group.size} shards, the first on {group.nodes} node(s)"
 
 
 def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEnv, tune_on: GridPlan | None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,6 +47,7 @@ class ShardGroup:
     replicas: int
     mesh: DeviceMesh  # the group's 1D mesh ("shard")
     device: torch.device
+    nodes: int = 1  # the nodes this group's ranks run on
 
     @property
     def leader(self) -> bool:
@@ -70,9 +73,31 @@ def shard_group(env: DistEnv, shard: int) -> ShardGroup | None:
         raise UserError(f"parallel.shard={shard} needs a multiple of {shard} ranks and this job has {env.world_size}; "
                         f"launch {shard} (torchrun --nproc_per_node={shard}) or set parallel.shard to a divisor of "
                         f"{env.world_size}")
+    hosts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    spans = group_nodes(hosts, shard)  # refused before the mesh is made when a group straddles nodes needlessly
     mesh = init_device_mesh(env.device.type, (env.world_size // shard, shard), mesh_dim_names=("replica", "shard"))
-    return ShardGroup(shard, mesh.get_local_rank("shard"), mesh.get_local_rank("replica"), env.world_size // shard,
-                      mesh["shard"], env.device)
+    replica = mesh.get_local_rank("replica")
+    return ShardGroup(shard, mesh.get_local_rank("shard"), replica, env.world_size // shard, mesh["shard"],
+                      env.device, spans[replica])
+
+
+def group_nodes(hosts: list[str], shard: int) -> list[int]:
+    """The number of nodes each shard group spans (group g holds ranks g*S .. g*S+S-1, the mesh's rows), given each
+    rank's host; one line refusing a group that is neither inside one node nor made of whole nodes (every forward
+    all-gathers the weights within the group, so its traffic must stay on one node's links or own its nodes)."""
+    ranks_on = Counter(hosts)
+    spans = []
+    for g in range(len(hosts) // shard):
+        mine = Counter(hosts[g * shard:(g + 1) * shard])
+        if len(mine) > 1 and any(ranks_on[h] != n for h, n in mine.items()):
+            per_node = min(ranks_on.values())
+            raise UserError(f"parallel.shard={shard}: shard group {g} (ranks {g * shard}-{(g + 1) * shard - 1}) "
+                            f"spans {len(mine)} nodes and shares them with other groups ({per_node} rank(s) per "
+                            f"node); launch a multiple of {shard} ranks per node (torchrun --nproc_per_node, SLURM "
+                            f"--ntasks-per-node) or set parallel.shard to a divisor or multiple of {per_node}")
+        spans.append(len(mine))
+    return spans
 
 
 def repeated_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
