@@ -13,12 +13,13 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from engine.app import stages
 from engine.app.provenance import ranks_and_devices, write_provenance
+from engine.app.row_load import deferred_writer, reads_rows, row_directions, row_model, row_target
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, on_main, process_group
@@ -31,6 +32,9 @@ from engine.sources.losses import Loss
 from engine.sources.splits import AnySplit
 from engine.store.grid import make_levels
 from engine.store.tiles import Work
+
+if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
+    from engine.sweep.sharded_setup import Rows
 
 
 @dataclass
@@ -65,10 +69,16 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         levels = make_levels(cfg.grid)
         plan = levels[""]
         memory = StageMemory(env.device)
+        rows: Rows | None = None
+        by_rows, load_note = reads_rows(cfg, group, given is None)
         with memory.stage("load"):
             if given is None:
                 data = load_data(cfg.data, cfg.model.path)
-                model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
+                if group is not None and by_rows:
+                    model = row_model(cfg, data, env, group)  # sharded as built: each rank reads its rows
+                    target, rows = row_target(model, cfg)
+                else:
+                    model = stages.prepare_model(cfg, data, env, log=log and env.is_main)
                 split = stages.eval_split(cfg, data)
                 resolved = stages.fingerprinted(cfg, resolved, split)
                 loss = stages.loss_stage(cfg, model, split, env)
@@ -77,25 +87,32 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                 split = stages.given_split(cfg, given.split)
                 loss = stages.probed(given.loss, model, split, env)
             d = cfg.direction  # theta* taken before any change of memory format:
-            target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
+            if rows is None:
+                target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
             channels_last = stages.uses_channels_last(cfg, split)
             if channels_last:
                 model, split = stages.to_channels_last(model, split)
         with memory.stage("directions"):
             hvp_batches = stages.hessian_stage_batches(cfg, split, env)
-            made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
-            fingerprint = stages.agree_across_ranks(env, model, made)
+            if group is not None and rows is not None:
+                made, fingerprint = row_directions(cfg, model, target, rows, plan.ndim, group, env)
+            else:
+                made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
+                fingerprint = stages.agree_across_ranks(env, model, made)
         release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
         with memory.stage("store"):
-            spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
-            store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
+            spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics, rows)
+            writer = None if group is None or rows is None else deferred_writer(made, rows, group)
+            store = held.enter_context(stages.held_store(cfg, resolved, spec, env, writer))
             spec.directions = []  # written: the store's lease keeps the spec, not the directions (a sharded run
             # lets go of the whole ones once it has cut its rows)
         release_freed_memory()  # the directions' chunk buffers and codecs' scratch
-        if group is not None:  # spectrum and sharpness on the whole model, before it is sharded
+        if load_note is not None:
+            logging.getLogger("engine").info(load_note)  # into the rank logs, open now that the store is held
+        if group is not None and rows is None:  # spectrum and sharpness on the whole model, before it is sharded
             with memory.stage("curvature"):
                 curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
             with memory.stage("shard"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.config.cross import whole_load_reason
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv
 from engine.core.memory import StageMemory
@@ -157,6 +158,11 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
                      f"{per_group:>13}{wall:>14}")
     whole = params * (model_bytes + count * direction_bytes)
     lines.append("wall (ideal): tiles per group x points per tile x the time per point here / S, at perfect scaling")
-    lines.append(f"before sharding, every rank still loads the whole model and draws the whole directions: "
-                 f"{whole / GB:.3g} GB per rank at any S ({'fits' if whole <= room else 'does not fit'})")
+    reason = whole_load_reason(cfg) if cfg.parallel.load != "whole" else "parallel.load=whole"
+    if reason is None:
+        lines.append("S > 1: each rank reads only its rows of the weights (parallel.load=auto), so loading holds the "
+                     "same share plus one whole tensor at a time")
+    else:
+        lines.append(f"S > 1 loads the whole model on every rank first ({reason}): {whole / GB:.3g} GB per rank at "
+                     f"any S ({'fits' if whole <= room else 'does not fit'})")
     return lines

@@ -61,6 +61,7 @@ from engine.sweep.vectorized import PointRunner
 
 if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
     from engine.sweep.sharded import ShardGroup
+    from engine.sweep.sharded_setup import Rows
 
 
 @dataclass
@@ -255,9 +256,11 @@ def trajectory_note(made: Directions, plan: GridPlan) -> str | None:
 
 
 def store_spec(cfg: RunConfig, resolved: dict[str, Any], levels: dict[str, GridPlan], target: PerturbedTensors,
-               made: Directions, fingerprint: str, metrics: tuple[str, ...]) -> StoreSpec:
+               made: Directions, fingerprint: str, metrics: tuple[str, ...],
+               rows: Rows | None = None) -> StoreSpec:
     """What the store is created from (and checked against when it exists): config, grid, directions, weights, and
-    the loss's metrics (curvature maps' added when asked for)."""
+    the loss's metrics (curvature maps' added when asked for). With rows (a sharded load), the directions are only
+    this rank's rows: the spec records the whole shapes and defers the directions to the shard group's writer."""
     ndim = levels[""].ndim
     metrics = metrics + (CURVATURE_METRICS if cfg.hessian.curvature else ())
     extra: dict[str, Any] = {"markers": made.markers or {"theta*": [0.0] * ndim}, "axis_labels": made.axis_labels}
@@ -266,18 +269,24 @@ def store_spec(cfg: RunConfig, resolved: dict[str, Any], levels: dict[str, GridP
     if any(target.logged):
         extra["log_space"] = [n for n, m in zip(target.names, target.logged) if m]
     arrays = {"trajectory/coords": made.trajectory} if made.trajectory is not None else {}
+    if rows is not None:
+        return StoreSpec(resolved, levels, target.names, rows.shapes, [], fingerprint, metrics, extra, arrays,
+                         deferred=len(made.directions))
     return StoreSpec(resolved, levels, target.names, [tuple(t.shape) for t in target.tensors], made.directions,
                      fingerprint, metrics, extra, arrays)
 
 
 @contextmanager
-def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: DistEnv) -> Iterator[Path]:
+def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: DistEnv,
+               write_deferred: Callable[[Path, StoreSpec, list[int]], None] | None = None) -> Iterator[Path]:
     """Rank 0 takes the store's lease and opens (or creates) the store, refusing one of another config; the lease
-    is held until the block ends. Only then does the run folder get its config record and rank logs."""
+    is held until the block ends. Only then does the run folder get its config record and rank logs. Directions the
+    spec defers (a sharded load) are then written by every rank together through write_deferred."""
     run_dir, path = run_dir_of(cfg), store_path_of(cfg)
     lease = StoreLease(path, ttl=cfg.store.lease_ttl)
 
     notes: list[str] = []
+    todo: list[int] = []
 
     def create() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +294,7 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
         try:
             open_store(path, spec, overwrite=cfg.store.overwrite)
             repaired = repair_store(path, spec)
+            todo.extend(repaired.directions)
         except BaseException:
             lease.release()
             raise
@@ -298,6 +308,8 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
 
     on_main(env, create)
     try:
+        if write_deferred is not None:
+            write_deferred(path, spec, broadcast_value(env, todo))
         barrier()
         rank_log(run_dir, env)  # only once the store accepted this config: a refused rerun leaves the folder as it was
         for note in notes:

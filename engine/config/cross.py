@@ -36,6 +36,31 @@ def check_combination(cfg: RunConfig) -> None:
         if shard > 1 and on:
             raise UserError(f"parallel.shard={shard} does not support {key} ({why} on a sharded model); turn it "
                             "off or set parallel.shard=1")
+    if cfg.parallel.load == "sharded":
+        reason = "it needs parallel.shard > 1" if shard == 1 else whole_load_reason(cfg)
+        if reason:
+            raise UserError(f"parallel.load=sharded cannot read each rank's rows here: {reason}; set "
+                            "parallel.load=auto (or whole)")
     if e.precision != "fp32" and e.device == "cpu":
         raise UserError(f"eval.precision={e.precision} is autocast on CUDA devices; use eval.precision=fp32 with "
                         "eval.device=cpu")
+
+
+ROW_KINDS = ("random", "interpolation")  # direction kinds a sharded load makes row by row
+
+
+def whole_load_reason(cfg: RunConfig) -> str | None:
+    """Why a sharded run must load the whole model on every rank before sharding it, or None when each rank can read
+    only its rows of the checkpoint (parallel.load=auto then does; parallel.load=sharded is refused otherwise)."""
+    m, d = cfg.model, cfg.direction
+    if not m.checkpoint and m.name != "hf":
+        return "the model is trained first (give model.checkpoint=<file>)"
+    if not m.checkpoint and m.kwargs:
+        return "model.kwargs are from_pretrained arguments"
+    if d.kind not in ROW_KINDS:
+        return f"direction={d.kind} is made from whole tensors (row by row: {', '.join(ROW_KINDS)})"
+    if cfg.hessian.spectrum:
+        return "hessian.spectrum runs on the whole model"
+    if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
+        return "the sharpness numbers are computed on the whole model (summary.epsilon / summary.adaptive_radius=null)"
+    return None

@@ -308,10 +308,16 @@ class ParallelConfig:
     step; the groups claim tiles as single ranks do. shard=1: every rank holds the whole model."""
 
     shard: int = 1
+    # how a sharded model gets its weights: sharded (built on the meta device, each rank reads only its rows of the
+    # checkpoint) | whole (every rank loads the whole model, then shards it) | auto (sharded when nothing asked for
+    # needs the whole model, else whole, saying why)
+    load: str = "auto"
 
     def __post_init__(self) -> None:
         if self.shard < 1:
             raise UserError(f"parallel.shard={self.shard} must be >= 1 (the ranks one copy of the model is split over)")
+        if self.load not in ("auto", "sharded", "whole"):
+            raise UserError(f"parallel.load={self.load!r}: use auto, sharded (each rank reads its rows) or whole")
 
 
 @dataclass

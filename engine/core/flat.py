@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ def flatten(tensors: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> 
     return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
 
 
-def flat_chunks(tensors: list[torch.Tensor], chunk: int,
+def flat_chunks(tensors: Iterable[torch.Tensor], chunk: int,
                 dtype: torch.dtype = torch.float32) -> Iterator[tuple[int, np.ndarray]]:
     """The flat vector of `flatten(tensors)` as consecutive (start, values) pieces of `chunk` entries (the last may
     be shorter), built tensor by tensor: a store writes it chunk by chunk holding one chunk, never the whole vector."""

@@ -34,9 +34,11 @@ def import_transformers(what: str) -> ModuleType:
     return transformers
 
 
-def build_hf_model(cfg: ModelConfig) -> nn.Module:
+def build_hf_model(cfg: ModelConfig, weights: bool = True) -> nn.Module:
     """The model at cfg.path with the head of cfg.task, in model.dtype (unless model.kwargs sets dtype), eval mode,
-    without a key/value cache, and eager attention so that double backward and torch.vmap work."""
+    without a key/value cache, and eager attention so that double backward and torch.vmap work. Without weights, the
+    architecture alone from its config.json (float32, parameters as the caller's context makes them: a sharded load
+    builds it on the meta device and reads the weights row by row)."""
     folder = model_folder(cfg.path)
     config_json = read_config(folder)
     if "auto_map" in config_json and not cfg.trust_remote_code:
@@ -61,7 +63,10 @@ def build_hf_model(cfg: ModelConfig) -> nn.Module:
     kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": getattr(torch, cfg.dtype), **dict(cfg.kwargs),
                               "local_files_only": True, "weights_only": True,
                               "trust_remote_code": cfg.trust_remote_code}
-    model: Any = quietly(transformers, lambda: auto.from_pretrained(folder, **kwargs), folder, cfg.task)
+    if weights:
+        model: Any = quietly(transformers, lambda: auto.from_pretrained(folder, **kwargs), folder, cfg.task)
+    else:
+        model = auto.from_config(config, attn_implementation="eager", trust_remote_code=cfg.trust_remote_code)
     model.config.use_cache = False  # no key/value cache in the outputs of sweep forwards
     return model.eval()
 

@@ -14,7 +14,9 @@ names, so `xarray.open_zarr(path)` reads the surfaces with their coordinates.
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -52,6 +54,8 @@ class StoreSpec:
     # "hessian/..." ones for curvature maps
     attrs: dict[str, Any] = field(default_factory=dict)  # extra root attributes: markers, axis labels, ...
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # extra arrays, e.g. trajectory/coords
+    deferred: int = 0  # directions no rank holds whole (a sharded load): written after creation by write_direction
+    # from tensors gathered one at a time, by every rank of the shard group together; `directions` is then empty
 
 
 def open_store(path: str | Path, spec: StoreSpec, overwrite: bool = False) -> zarr.Group:
@@ -132,17 +136,23 @@ def write_coords(group: zarr.Group, plan: GridPlan) -> None:
                                overwrite=True)[:] = coords
 
 
-def write_direction(root: zarr.Group, k: int, spec: StoreSpec) -> None:
-    """Direction d<k> of the spec as a flat float32 vector, with the tensor names and shapes in its attributes;
-    written chunk by chunk from the tensors, so no copy of the whole direction is ever made."""
-    size = sum(t.numel() for t in spec.directions[k])
+def write_direction(root: zarr.Group, k: int, spec: StoreSpec, tensors: Iterable[torch.Tensor] | None = None) -> None:
+    """Direction d<k> of the spec (or the given tensors, whole, in the spec's order: a deferred direction) as a flat
+    float32 vector, with the tensor names and shapes in its attributes; written chunk by chunk from the tensors, so no
+    copy of the whole direction is ever made."""
+    size = sum(math.prod(shape) for shape in spec.shapes)
     chunk = max(1, min(size, DIRECTION_CHUNK))
     with zarr.config.set(DENSE_WRITES):
         arr = root.create_array(f"directions/d{k}", shape=(size,), chunks=(chunk,),
                                 dtype="float32", dimension_names=("param",), overwrite=True)
-        for start, values in flat_chunks(spec.directions[k], chunk):
+        for start, values in flat_chunks(spec.directions[k] if tensors is None else tensors, chunk):
             arr[start:start + len(values)] = values
     arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+
+
+def write_deferred(path: Path, k: int, spec: StoreSpec, tensors: Iterable[torch.Tensor]) -> None:
+    """Deferred direction d<k> of an accepted store, from its whole tensors handed over one at a time."""
+    write_direction(zarr.open_group(path, mode="r+"), k, spec, tensors)
 
 
 def _create_level(group: zarr.Group, plan: GridPlan, metrics: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ class Repair:
 
     tiles: int = 0
     damage: list[Damage] = field(default_factory=list)
+    directions: list[int] = field(default_factory=list)  # deferred directions to write (absent or damaged)
 
 
 def repair_store(path: Path, spec: StoreSpec) -> Repair:
@@ -60,6 +61,11 @@ def repair_store(path: Path, spec: StoreSpec) -> Repair:
         if found:
             out.damage += found
             write_direction(root, k, spec)
+    for k in range(spec.deferred):  # written by the shard group together once this returns
+        found = array_damage(root, path, f"directions/d{k}", dense=True)
+        if found:
+            out.directions.append(k)
+            out.damage += [] if found[0].reason == "missing" and found[0].file.endswith("zarr.json") else found
     return out
 
 

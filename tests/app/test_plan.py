@@ -61,14 +61,16 @@ def test_plan_times_a_model_and_tabulates_every_shard_count(lm: Path) -> None:
     gb = [float(r[2]) for r in rows]
     assert gb[0] > gb[1] > gb[2] > 0
     assert [r[4] for r in rows] == ["1", "2", "4"]  # tiles per group
+    assert lines[-1].startswith("S > 1 loads the whole model on every rank first (the sharpness numbers")
     assert not (lm / "runs").exists()  # nothing written
 
 
 def test_config_only_folder_is_planned_from_the_formula(lm: Path) -> None:
     done = plan(lm, "--ranks", "2", "--memory-gb", "80", "model=hf", f"model.path={lm / 'config_only'}",
                 "model.dtype=bfloat16", "direction.dtype=bfloat16", "data=text", f"data.path={lm / 'corpus.txt'}",
-                "loss=causal_lm")
+                "loss=causal_lm", "summary.epsilon=null", "summary.adaptive_radius=null")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1].startswith("S > 1: each rank reads only its rows of the weights")
     assert "no weights in model.path" in done.stdout and "80.0 GB per rank (given)" in done.stdout
     params = hf_parameter_count(ModelConfig(name="hf", path=str(lm / "lm")))[0]
     row = next(line.split() for line in done.stdout.splitlines() if line.split()[:2] == ["1", "2"])

@@ -40,8 +40,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("sharded")
     one_process(cwd, *SAME_PATH, "name=one")
     ckpt = f"model.checkpoint={cwd / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
-    for nproc, name in ((2, "s2"), (4, "r2s2")):
-        done = torchrun(nproc, ckpt, *SAME_PATH, "parallel.shard=2", f"name={name}", cwd=cwd)
+    for nproc, name, load in ((2, "s2", "auto"), (4, "r2s2", "whole")):  # each rank reads its rows / loads it whole
+        done = torchrun(nproc, ckpt, *SAME_PATH, "parallel.shard=2", f"parallel.load={load}", f"name={name}", cwd=cwd)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = tiny_text(6000)
     (cwd / "corpus.txt").write_text(text)
@@ -81,6 +81,16 @@ def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharde
         assert da.keys() == db.keys() and all(np.array_equal(da[k], db[k]) for k in da)
 
 
+@pytest.mark.parametrize(("name", "reads_rows"), [("s2", True), ("r2s2", False), ("lm_s2", True), ("line_s2", True)])
+def test_ranks_read_only_their_rows_unless_told_to_load_whole(runs: Path, name: str, reads_rows: bool) -> None:
+    """parallel.load=auto builds the model on the meta device and each rank reads its rows of the checkpoint (or of
+    the Hugging Face folder's safetensors); parallel.load=whole loads it whole first. Both stores equal one process's
+    (test above), directions included, though no rank of the first kind ever held them whole."""
+    for rank in (0, 1):
+        text = (runs / "runs" / name / "logs" / f"rank{rank}.log").read_text()
+        assert ("this rank read its rows of" in text) is reads_rows
+
+
 def test_groups_claim_tiles_and_leaders_write_them(runs: Path) -> None:
     """R=2 groups of 2: both groups' leaders (ranks 0 and 2) claim tiles, every tile once; ranks 1 and 3 claim none."""
     logs = runs / "runs" / "r2s2" / "logs"
@@ -111,17 +121,26 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_store(runs: Path) -> No
     os.kill(pid, signal.SIGKILL)  # a shard of the group dies mid-sweep
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    assert not read_surface(runs / "runs" / "killed" / "landscape.zarr").done.all()
+    store = runs / "runs" / "killed" / "landscape.zarr"
+    assert not read_surface(store).done.all()
+    before = read_directions(store)
+    chunk = next((store / "directions" / "d1" / "c").iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:10])  # a direction no rank holds whole, damaged: the group rewrites it
     done = torchrun(2, *args, cwd=runs)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one_process(runs, ckpt, *SAME_PATH, "name=whole256", "eval.samples=256")
-    assert_same_store(runs / "runs" / "whole256" / "landscape.zarr", runs / "runs" / "killed" / "landscape.zarr")
+    assert_same_store(runs / "runs" / "whole256" / "landscape.zarr", store)
+    assert "recomputing 0 damaged tile(s) (directions/d1/c/0" in done.stdout
+    for da, db in zip(before, read_directions(store)):
+        assert all(np.array_equal(da[k], db[k]) for k in da)
 
 
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "parallel.shard=2 needs a multiple of 2 ranks and this job has 1"),
     (["hessian.curvature=true"], "parallel.shard=2 does not support hessian.curvature"),
     (["eval.recalibrate_bn=true"], "parallel.shard=2 does not support eval.recalibrate_bn"),
+    (["parallel.load=sharded", "summary.epsilon=0.001"], "parallel.load=sharded cannot read each rank's rows here: "
+     "the sharpness numbers are computed on the whole model"),
 ])
 def test_what_a_sharded_model_cannot_do_is_refused_in_one_line(runs: Path, extra: list[str], message: str) -> None:
     ckpt = f"model.checkpoint={runs / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
