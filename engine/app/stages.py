@@ -394,7 +394,7 @@ def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, mad
 
         return sharded_runner(model, target, made, batches, group, cfg.eval.precision, loss)
     runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
-                         recalibrate, target.logged, loss)
+                         recalibrate, target.logged, loss, made.coefficients)
     if cfg.hessian.curvature:
         runner.curvature = CurvatureProbe(model, hessian_params(target.tensors), hvp_batches, cfg.hessian, loss)
     return runner
