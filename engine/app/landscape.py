@@ -83,7 +83,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                 model, split = stages.to_channels_last(model, split)
         with memory.stage("directions"):
             hvp_batches = stages.hessian_stage_batches(cfg, split, env)
-            made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
+            made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss,
+                                           data.train if data is not None else given.train if given else None)
             fingerprint = stages.agree_across_ranks(env, model, made)
         release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
         note = stages.trajectory_note(made, plan)

@@ -33,6 +33,8 @@ from engine.curvature.spectra import (
     hessian_params,
 )
 from engine.curvature.spectra import Batches as HessianBatches  # a list: the Hessian's batches are indexed
+from engine.directions.curve_training import bends_for, curve_settings, saved_bends
+from engine.directions.curves import check_batchnorm
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
 from engine.directions.kinds import in_dtype as directions_in_dtype
@@ -40,7 +42,7 @@ from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
 from engine.sources.batchnorm import BatchNormRecalibrator
-from engine.sources.checkpoints import load_checkpoint, state_fingerprint
+from engine.sources.checkpoints import State, load_checkpoint, state_fingerprint
 from engine.sources.loss_kinds import make_loss
 from engine.sources.losses import Loss
 from engine.sources.models import build_model
@@ -71,6 +73,7 @@ class Given:
     model: nn.Module
     split: AnySplit
     loss: Loss
+    train: AnySplit | None = None  # training samples (direction=curve trains its bends on them)
 
 
 DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
@@ -100,7 +103,7 @@ def preflight(cfg: RunConfig) -> None:
     check_combination(cfg)
     d = cfg.direction
     inputs = [("model.checkpoint", cfg.model.checkpoint)]
-    inputs += [("direction.checkpoints", p) for p in d.checkpoints if d.kind in ("interpolation", "plane")]
+    inputs += [("direction.checkpoints", p) for p in d.checkpoints if d.kind in ("interpolation", "plane", "curve")]
     inputs += [("direction.path", d.path)] if d.kind == "file" else []
     for key, path in inputs:
         if path and not Path(path).exists():
@@ -222,15 +225,38 @@ def hessian_stage_batches(cfg: RunConfig, split: AnySplit, env: DistEnv, always:
 
 
 def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, plan: GridPlan,
-                     hvp_batches: HessianBatches, env: DistEnv, loss: Loss | None = None) -> Directions:
-    """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
+                     hvp_batches: HessianBatches, env: DistEnv, loss: Loss | None = None,
+                     train: AnySplit | None = None) -> Directions:
+    """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for; a curve's bends
+    trained on `train` by rank 0, or read from an earlier run's curve/bends.pt)."""
+    def curve_bends(end: State) -> list[State]:
+        return curve_stage(cfg, model, target, end, train, env, loss or make_loss(cfg.loss))
+
     def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
                                   loss or make_loss(cfg.loss), progress=cfg.eval.progress and env.is_main)
 
     made = make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
-                           progress=cfg.eval.progress and env.is_main)
+                           progress=cfg.eval.progress and env.is_main, curve_bends=curve_bends)
     return directions_in_dtype(made, getattr(torch, cfg.direction.dtype))
+
+
+def curve_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, end: State, train: AnySplit | None,
+                env: DistEnv, loss: Loss) -> list[State]:
+    """The bends of direction=curve from theta* to B (end): trained on rank 0 (or reused from <run dir>/curve/bends.pt
+    when trained with the same settings), then read from that file by the other ranks."""
+    if train is None:
+        raise UserError("direction=curve trains its bends on training data: pass train_data=<a Dataset, DataLoader or "
+                        "(inputs, targets)> to engine.landscape")
+    check_batchnorm(model, cfg.eval.recalibrate_bn)
+    path = run_dir_of(cfg) / "curve" / "bends.pt"
+    show = cfg.eval.progress and env.is_main
+    found = on_main(env, lambda: bends_for(path, model, target.names, target.theta, end, train, loss, cfg.direction,
+                                           show))
+    barrier()
+    if env.is_main:
+        return cast("list[State]", found)
+    return cast("list[State]", saved_bends(path, curve_settings(cfg.direction, model, end, target.names)))
 
 
 def agree_across_ranks(env: DistEnv, model: nn.Module, made: Directions) -> str:
