@@ -397,14 +397,16 @@ def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEn
 
 
 def recalibrator(cfg: RunConfig, data: DataBundle | None, model: nn.Module, batch_size: int, env: DistEnv,
-                 channels_last: bool, loss: Loss) -> BatchNormRecalibrator | None:
-    """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point."""
+                 channels_last: bool, loss: Loss, given_train: AnySplit | None = None) -> BatchNormRecalibrator | None:
+    """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point (the
+    data's training split, or the train_data handed over from Python)."""
     if not cfg.eval.recalibrate_bn:
         return None
-    if data is None:
+    source = data.train if data is not None else given_train
+    if source is None:
         raise UserError("eval.recalibrate_bn needs the training data, which a model and eval set handed over from "
-                        "Python do not include; leave it off")
-    train = held(subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed))
+                        "Python do not include; pass train_data= to engine.landscape or leave it off")
+    train = held(subsample(source, cfg.eval.recalibrate_samples, cfg.data.seed))
     if channels_last and isinstance(train.x, torch.Tensor) and train.x.dim() == 4:
         train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
     return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device), loss)

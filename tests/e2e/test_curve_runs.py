@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 from engine.app.compare import compare_runs
 from engine.app.landscape import run_landscape, run_train
 from engine.config.cross import check_combination
@@ -22,7 +23,7 @@ from engine.directions.curves import curve_directions
 from engine.sources.checkpoints import load_state
 from engine.sources.data import load_data
 from engine.sources.models import build_model
-from engine.store.read import read_surface
+from engine.store.read import read_array, read_surface
 from engine.sweep.perturb import Perturber
 from helpers import ENV, assert_same_store, make_cfg
 
@@ -116,3 +117,53 @@ def test_curve_settings_are_checked_in_one_line(tmp_path):
         make_cfg(tmp_path, "direction=curve", "direction.checkpoints=[b.pt]", "direction.over=states")
     with pytest.raises(UserError, match=r"direction\.curve='spline'"):
         make_cfg(tmp_path, "direction=curve", "direction.checkpoints=[b.pt]", "direction.curve=spline")
+
+
+def test_plane_through_a_b_and_the_bend_draws_the_curve(paths):
+    """grid=plane: A at the origin, B on the first axis, the bend marked, the curve as the drawn path (the bends of
+    the 1D run are reused, so nothing is trained again)."""
+    out, a, b, _ = paths
+    (out / "plane" / "curve").mkdir(parents=True)
+    shutil.copy(out / "curve" / "curve" / "bends.pt", out / "plane" / "curve" / "bends.pt")
+    cfg, resolved = make_cfg(out, *MLP, f"model.checkpoint={a}", f"direction.checkpoints=[{b}]", "direction=curve",
+                             "direction.curve_epochs=15", "grid=plane", "grid.resolution=[3,3]", "grid.x=[-1,20]",
+                             "grid.y=[-5,10]", "name=plane")
+    surface = read_surface(run_landscape(cfg, resolved, log=False).store)
+    markers = surface.attrs["markers"]
+    assert markers["A"] == [0.0, 0.0] and markers["B"][1] == 0.0 and markers["bend"][1] > 0
+    path = read_array(out / "plane" / "landscape.zarr", "trajectory/coords")
+    assert path is not None
+    np.testing.assert_allclose(path[0], markers["A"], atol=1e-12)
+    np.testing.assert_allclose(path[-1], markers["B"])
+    np.testing.assert_allclose(path[len(path) // 2], 0.5 * np.array(markers["bend"]) + 0.25 * np.array(markers["B"]))
+    assert np.isfinite(surface.metrics["loss"]).all()
+
+
+def test_batchnorm_model_recalibrates_at_every_t_and_the_python_api(tmp_path):
+    """A ResNet with BatchNorm is refused without eval.recalibrate_bn, and runs with it (statistics recomputed at
+    every t); the Python API trains its curve on train_data."""
+    cfg, _ = make_cfg(tmp_path, "name=r0")
+    a = run_train(cfg)
+    cfg, _ = make_cfg(tmp_path, "name=r1", "train.seed=1")
+    b = run_train(cfg)
+    line = ["grid=line", "grid.resolution=[3]", "grid.x=[0,1]", "grid.preview=0", f"model.checkpoint={a}",
+            "direction=curve", f"direction.checkpoints=[{b}]", "direction.curve_epochs=1", "direction.curve=polychain",
+            *MLP[6:]]  # no sharpness numbers
+    cfg, resolved = make_cfg(tmp_path, *line, "name=bn")
+    with pytest.raises(UserError, match=r"eval\.recalibrate_bn=true"):
+        run_landscape(cfg, resolved, log=False)
+    cfg, resolved = make_cfg(tmp_path, *line, "name=bn", "eval.recalibrate_bn=true", "eval.recalibrate_samples=64")
+    result = run_landscape(cfg, resolved, log=False)
+    assert np.isfinite(read_surface(result.store).metrics["loss"]).all() and "barrier" in result.summary
+    data = load_data(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model.load_state_dict(load_state(a, model))
+    train = (data.train.x, data.train.y)
+    settings = {"direction": "curve", "direction.checkpoints": [str(b)], "direction.curve_epochs": 1,
+                "grid": "line", "grid.resolution": [3], "grid.x": [0, 1], "grid.preview": 0, "out_dir": str(tmp_path),
+                "eval.recalibrate_bn": True, "eval.recalibrate_samples": 64, "eval.batch_size": 64,
+                "summary.epsilon": None, "summary.adaptive_radius": None, "summary.adaptive_average_radius": None}
+    with pytest.raises(UserError, match="train_data="):
+        engine.landscape(model, (data.test.x[:64], data.test.y[:64]), **settings)
+    surface = engine.landscape(model, (data.test.x[:64], data.test.y[:64]), train_data=train, **settings)
+    assert np.isfinite(surface.loss.values).all() and surface.attrs["barrier"]["loss"]["value"] is not None
