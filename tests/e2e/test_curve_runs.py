@@ -167,3 +167,32 @@ def test_batchnorm_model_recalibrates_at_every_t_and_the_python_api(tmp_path):
         engine.landscape(model, (data.test.x[:64], data.test.y[:64]), **settings)
     surface = engine.landscape(model, (data.test.x[:64], data.test.y[:64]), train_data=train, **settings)
     assert np.isfinite(surface.loss.values).all() and surface.attrs["barrier"]["loss"]["value"] is not None
+
+
+def test_curve_between_two_hugging_face_language_models(tmp_path):
+    """A 2-layer GPT-2 of width 32 and a perturbed copy as B: the curve trains on the text's training blocks (dict
+    batches through the model's functional call), moving its bend off the midpoint, and the sweep has a barrier."""
+    from transformers import GPT2LMHeadModel
+
+    from hf_fixtures import save_tiny_lm, tiny_text
+
+    text = tiny_text(6000)
+    (tmp_path / "corpus.txt").write_text(text)
+    save_tiny_lm(tmp_path / "lm", text)
+    model = GPT2LMHeadModel.from_pretrained(tmp_path / "lm")
+    torch.manual_seed(1)
+    torch.save({n: t + 0.02 * torch.randn_like(t) if t.is_floating_point() else t
+                for n, t in model.state_dict().items()}, tmp_path / "b.pt")
+    cfg, resolved = make_cfg(tmp_path, "model=hf", f"model.path={tmp_path / 'lm'}", "data=text",
+                             f"data.path={tmp_path / 'corpus.txt'}", "data.block_size=32", "loss=causal_lm",
+                             "eval.batch_size=8", "eval.samples=16", "eval.points_per_pass=1", "direction=curve",
+                             f"direction.checkpoints=[{tmp_path / 'b.pt'}]", "direction.curve_epochs=1",
+                             "direction.curve_batch_size=16", "grid=line", "grid.resolution=[3]", "grid.x=[0,1]",
+                             "grid.preview=0", *MLP[6:], "name=lm")
+    result = run_landscape(cfg, resolved, log=False)
+    loss = read_surface(result.store).metrics["loss"]
+    assert np.isfinite(loss).all() and result.summary["barrier"]["loss"]["value"] is not None
+    bends = torch.load(result.run_dir / "curve" / "bends.pt", weights_only=True)["bends"]
+    name = "transformer.h.0.attn.c_attn.weight"
+    midpoint = 0.5 * (model.state_dict()[name] + torch.load(tmp_path / "b.pt")[name])
+    assert len(bends) == 1 and not torch.equal(bends[0][name], midpoint)
