@@ -194,5 +194,6 @@ def test_curve_between_two_hugging_face_language_models(tmp_path):
     assert np.isfinite(loss).all() and result.summary["barrier"]["loss"]["value"] is not None
     bends = torch.load(result.run_dir / "curve" / "bends.pt", weights_only=True)["bends"]
     name = "transformer.h.0.attn.c_attn.weight"
-    midpoint = 0.5 * (model.state_dict()[name] + torch.load(tmp_path / "b.pt")[name])
+    a, b = model.state_dict()[name], torch.load(tmp_path / "b.pt")[name]
+    midpoint = a + 0.5 * (b - a)  # where the bend starts, exactly as train_bends computes it
     assert len(bends) == 1 and not torch.equal(bends[0][name], midpoint)
