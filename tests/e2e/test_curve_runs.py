@@ -139,16 +139,19 @@ def test_plane_through_a_b_and_the_bend_draws_the_curve(paths):
     assert np.isfinite(surface.metrics["loss"]).all()
 
 
-def test_batchnorm_model_recalibrates_at_every_t_and_the_python_api(tmp_path):
-    """A ResNet with BatchNorm is refused without eval.recalibrate_bn, and runs with it (statistics recomputed at
-    every t); the Python API trains its curve on train_data."""
-    cfg, _ = make_cfg(tmp_path, "name=r0")
-    a = run_train(cfg)
-    cfg, _ = make_cfg(tmp_path, "name=r1", "train.seed=1")
-    b = run_train(cfg)
+def test_batchnorm_model_recalibrates_at_every_t_and_the_python_api(tmp_path, trained_run):
+    """A ResNet with BatchNorm (the session's trained one as A, a perturbed copy as B) is refused without
+    eval.recalibrate_bn, and runs with it (statistics recomputed at every t); the Python API trains its curve on
+    train_data."""
+    a = trained_run[2].run_dir / "checkpoints" / "final.pt"
+    torch.manual_seed(1)
+    state = torch.load(a, weights_only=True)["state_dict"]
+    torch.save({n: t + 0.05 * torch.randn_like(t) if n.endswith("weight") else t for n, t in state.items()},
+               tmp_path / "b.pt")
+    b = tmp_path / "b.pt"
     line = ["grid=line", "grid.resolution=[3]", "grid.x=[0,1]", "grid.preview=0", f"model.checkpoint={a}",
             "direction=curve", f"direction.checkpoints=[{b}]", "direction.curve_epochs=1", "direction.curve=polychain",
-            *MLP[6:]]  # no sharpness numbers
+            "direction.curve_batch_size=128", *MLP[6:]]  # no sharpness numbers
     cfg, resolved = make_cfg(tmp_path, *line, "name=bn")
     with pytest.raises(UserError, match=r"eval\.recalibrate_bn=true"):
         run_landscape(cfg, resolved, log=False)
