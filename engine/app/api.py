@@ -35,10 +35,13 @@ LossLike = str | Loss | nn.Module | Callable[..., Any]
 
 
 def landscape(model: nn.Module, data: Any, loss: LossLike = "cross_entropy", *, log: bool = False,
-              **overrides: Any) -> Any:
+              train_data: Any = None, **overrides: Any) -> Any:
     """Sweep the loss landscape of a trained model on an eval set; returns an xarray.Dataset (a variable per metric
-    over the grid's coordinates x[, y], the summary in .attrs, the store's path in .attrs["store"])."""
+    over the grid's coordinates x[, y], the summary in .attrs, the store's path in .attrs["store"]). train_data (same
+    forms as data): the training samples a direction=curve run trains its bends on."""
     cfg, resolved, given = _prepare(model, data, loss, overrides)
+    if train_data is not None:
+        given.train = as_split(train_data)
     result = run_landscape(cfg, resolved, log=log, given=given)
     return _surface_dataset(result.store, result.summary)
 

@@ -36,6 +36,9 @@ COLUMNS = [
     ("adaptive avg", lambda s: (s.get("sharpness", {}).get("adaptive") or {}).get("average")),
     ("asymmetry x", lambda s: ((s.get("sharpness", {}).get("asymmetry") or {}).get("x") or {}).get("index")),
     ("asymmetry y", lambda s: ((s.get("sharpness", {}).get("asymmetry") or {}).get("y") or {}).get("index")),
+    ("loss barrier", lambda s: (s.get("barrier", {}).get("loss") or {}).get("value")),  # paths only (barrier.py)
+    ("barrier se", lambda s: (s.get("barrier", {}).get("loss") or {}).get("stderr")),
+    ("acc barrier", lambda s: (s.get("barrier", {}).get("accuracy") or {}).get("value")),
 ]
 
 

@@ -97,7 +97,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             if group is not None and rows is not None:
                 made, fingerprint = row_directions(cfg, model, target, rows, plan.ndim, group, env)
             else:
-                made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
+                made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss,
+                                               data.train if data is not None else given.train if given else None)
                 fingerprint = stages.agree_across_ranks(env, model, made)
         release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
         note = stages.trajectory_note(made, plan)
@@ -125,7 +126,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             tune_on = stages.tuning_plan(levels, store)
             batches, batch_size = stages.batches_stage(cfg, model, split, env, tune_on, loss, group)
             logging.getLogger("engine").info("eval batch size %d, channels_last %s", batch_size, channels_last)
-            recalibrate = stages.recalibrator(cfg, data, model, batch_size, env, channels_last, loss)
+            recalibrate = stages.recalibrator(cfg, data, model, batch_size, env, channels_last, loss,
+                                              given.train if given else None)
             runner = stages.runner_stage(cfg, model, target, made, batches, env, tune_on, recalibrate, hvp_batches,
                                          loss, group)
             tiles = stages.sweep_stage(runner, levels, store, cfg, env, group)

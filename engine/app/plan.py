@@ -75,6 +75,7 @@ def count_parameters(cfg: RunConfig) -> tuple[int, bool]:
 def measure(cfg: RunConfig, points: int) -> Measured:
     """Load the model and data as a run does, make the directions, and time `points` grid points in place (K = 1)."""
     from engine.app import stages
+    from engine.directions.kinds import coefficients_at
     from engine.directions.vectors import perturbed
     from engine.sources.batches import eval_batches
     from engine.sources.checkpoints import load_checkpoint
@@ -106,7 +107,8 @@ def measure(cfg: RunConfig, points: int) -> Measured:
         batches = eval_batches(split, batch_size, device, cfg.eval.cache, cfg.eval.memory_gb, cfg.eval.workers)
         perturber = Perturber(target.tensors, made.directions, made.end, logged=target.logged)
         grid = np.stack(np.meshgrid(*plan.coords, indexing="ij"), -1).reshape(-1, plan.ndim)
-        chosen = grid[np.linspace(0, len(grid) - 1, points + 1).round().astype(int)]
+        chosen = coefficients_at(made.coefficients, grid[np.linspace(0, len(grid) - 1, points + 1).round().astype(int)],
+                                 len(made.directions))
         with perturber.active():
             perturber.set(tuple(chosen[0]))
             evaluate(model, batches, cfg.eval.precision, loss)  # warm-up

@@ -33,6 +33,8 @@ from engine.curvature.spectra import (
     hessian_params,
 )
 from engine.curvature.spectra import Batches as HessianBatches  # a list: the Hessian's batches are indexed
+from engine.directions.curve_training import bends_for, curve_settings, saved_bends
+from engine.directions.curves import check_batchnorm
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
 from engine.directions.kinds import in_dtype as directions_in_dtype
@@ -40,7 +42,7 @@ from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
 from engine.sources.batchnorm import BatchNormRecalibrator
-from engine.sources.checkpoints import load_checkpoint, state_fingerprint
+from engine.sources.checkpoints import State, load_checkpoint, state_fingerprint
 from engine.sources.loss_kinds import make_loss
 from engine.sources.losses import Loss
 from engine.sources.models import build_model
@@ -72,6 +74,7 @@ class Given:
     model: nn.Module
     split: AnySplit
     loss: Loss
+    train: AnySplit | None = None  # training samples (direction=curve trains its bends on them)
 
 
 DEFAULT_BATCH = 128  # eval batch size when it is neither set nor timed (a complete store: nothing to evaluate)
@@ -101,7 +104,7 @@ def preflight(cfg: RunConfig) -> None:
     check_combination(cfg)
     d = cfg.direction
     inputs = [("model.checkpoint", cfg.model.checkpoint)]
-    inputs += [("direction.checkpoints", p) for p in d.checkpoints if d.kind in ("interpolation", "plane")]
+    inputs += [("direction.checkpoints", p) for p in d.checkpoints if d.kind in ("interpolation", "plane", "curve")]
     inputs += [("direction.path", d.path)] if d.kind == "file" else []
     for key, path in inputs:
         if path and not Path(path).exists():
@@ -223,15 +226,38 @@ def hessian_stage_batches(cfg: RunConfig, split: AnySplit, env: DistEnv, always:
 
 
 def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, plan: GridPlan,
-                     hvp_batches: HessianBatches, env: DistEnv, loss: Loss | None = None) -> Directions:
-    """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for)."""
+                     hvp_batches: HessianBatches, env: DistEnv, loss: Loss | None = None,
+                     train: AnySplit | None = None) -> Directions:
+    """The configured kind's directions (Hessian eigenvectors computed on every rank when asked for; a curve's bends
+    trained on `train` by rank 0, or read from an earlier run's curve/bends.pt)."""
+    def curve_bends(end: State) -> list[State]:
+        return curve_stage(cfg, model, target, end, train, env, loss or make_loss(cfg.loss))
+
     def hessian_axes(ndim: int) -> list[list[torch.Tensor]]:
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
                                   loss or make_loss(cfg.loss), progress=cfg.eval.progress and env.is_main)
 
     made = make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
-                           progress=cfg.eval.progress and env.is_main)
+                           progress=cfg.eval.progress and env.is_main, curve_bends=curve_bends)
     return directions_in_dtype(made, getattr(torch, cfg.direction.dtype))
+
+
+def curve_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, end: State, train: AnySplit | None,
+                env: DistEnv, loss: Loss) -> list[State]:
+    """The bends of direction=curve from theta* to B (end): trained on rank 0 (or reused from <run dir>/curve/bends.pt
+    when trained with the same settings), then read from that file by the other ranks."""
+    if train is None:
+        raise UserError("direction=curve trains its bends on training data: pass train_data=<a Dataset, DataLoader or "
+                        "(inputs, targets)> to engine.landscape")
+    check_batchnorm(model, cfg.eval.recalibrate_bn)
+    path = run_dir_of(cfg) / "curve" / "bends.pt"
+    show = cfg.eval.progress and env.is_main
+    found = on_main(env, lambda: bends_for(path, model, target.names, target.theta, end, train, loss, cfg.direction,
+                                           show))
+    barrier()
+    if env.is_main:
+        return cast("list[State]", found)
+    return cast("list[State]", saved_bends(path, curve_settings(cfg.direction, model, end, target.names)))
 
 
 def agree_across_ranks(env: DistEnv, model: nn.Module, made: Directions) -> str:
@@ -385,14 +411,16 @@ def batches_stage(cfg: RunConfig, model: nn.Module, split: AnySplit, env: DistEn
 
 
 def recalibrator(cfg: RunConfig, data: DataBundle | None, model: nn.Module, batch_size: int, env: DistEnv,
-                 channels_last: bool, loss: Loss) -> BatchNormRecalibrator | None:
-    """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point."""
+                 channels_last: bool, loss: Loss, given_train: AnySplit | None = None) -> BatchNormRecalibrator | None:
+    """With eval.recalibrate_bn, what recomputes the BatchNorm statistics on training samples at every point (the
+    data's training split, or the train_data handed over from Python)."""
     if not cfg.eval.recalibrate_bn:
         return None
-    if data is None:
+    source = data.train if data is not None else given_train
+    if source is None:
         raise UserError("eval.recalibrate_bn needs the training data, which a model and eval set handed over from "
-                        "Python do not include; leave it off")
-    train = held(subsample(data.train, cfg.eval.recalibrate_samples, cfg.data.seed))
+                        "Python do not include; pass train_data= to engine.landscape or leave it off")
+    train = held(subsample(source, cfg.eval.recalibrate_samples, cfg.data.seed))
     if channels_last and isinstance(train.x, torch.Tensor) and train.x.dim() == 4:
         train = Split(train.x.contiguous(memory_format=torch.channels_last), train.y)
     return BatchNormRecalibrator(model, device_batches(train, batch_size, env.device), loss)
@@ -408,7 +436,7 @@ def runner_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, mad
 
         return sharded_runner(model, target, made, batches, group, cfg.eval.precision, loss)
     runner = make_runner(cfg, model, target.names, target.tensors, made.directions, batches, env, tune_on, made.end,
-                         recalibrate, target.logged, loss)
+                         recalibrate, target.logged, loss, made.coefficients)
     if cfg.hessian.curvature:
         runner.curvature = CurvatureProbe(model, hessian_params(target.tensors), hvp_batches, cfg.hessian, loss)
     return runner

@@ -21,6 +21,9 @@ def check_combination(cfg: RunConfig) -> None:
                         "grid.x=[-0.5,1.5] to extrapolate beyond both models)")
     if d.kind in PLANE_KINDS and ndim != 2:
         raise UserError(f"direction={d.kind} spans a plane: use grid=plane (grid.resolution=[nx,ny])")
+    if d.kind == "curve" and ndim == 2 and d.bends != 1:
+        raise UserError(f"direction=curve with grid=plane draws the plane through A, B and the one bend: set "
+                        f"direction.bends=1 (got {d.bends}) or use grid=line")
     if d.kind == "pca" and d.trajectory is None and cfg.model.checkpoint is None and \
             cfg.train.epochs < PCA_MIN_CHECKPOINTS:
         raise UserError(f"direction=pca needs a trajectory of at least {PCA_MIN_CHECKPOINTS} checkpoints: this run "

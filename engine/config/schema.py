@@ -151,19 +151,35 @@ class DirectionConfig:
     over: str = "weights"
     seed: int = 123  # seed of the random directions
     path: str | None = None  # kind=file: a .pt file (list of {tensor name: tensor}) or a .zarr store
-    checkpoints: list[str] = field(default_factory=list)  # kind=interpolation: [B]; kind=plane: [B, C]
+    checkpoints: list[str] = field(default_factory=list)  # kind=interpolation, curve: [B]; kind=plane: [B, C]
     trajectory: str | None = None  # kind=pca: folder of epoch_*.pt; None: this run's own checkpoints/
     include: list[str] = field(default_factory=list)  # regexes over parameter names: only those moved ([]: all)
     exclude: list[str] = field(default_factory=list)  # regexes over parameter names: never moved
     frozen: bool = False  # also move parameters with requires_grad=False (off: frozen ones stay at theta*)
     dtype: str = "float32"  # float32 | bfloat16 | float16: the directions as held in memory (bfloat16 halves them)
+    # kind=curve (Garipov et al. 2018): the trained curve from theta* (A, t=0) to checkpoints[0] (B, t=1), swept over
+    # t (grid=line) or drawn on the plane through A, B and its bend (grid=plane, bends=1)
+    curve: str = "bezier"  # bezier (Bernstein polynomial of A, the bends, B) | polychain (straight segments)
+    bends: int = 1  # trained points between A and B
+    curve_epochs: int = 30  # epochs over the training split minimizing the loss at one t ~ U(0, 1) per step
+    curve_lr: float = 0.05  # SGD learning rate of the bends (momentum 0.9, cosine schedule)
+    curve_batch_size: int = 64  # training samples per step of the curve
 
     def __post_init__(self) -> None:
-        _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
-        if self.kind in ("interpolation", "plane", "pca") and (self.norm, self.ignore) != ("none", "none"):
+        _check_choice("direction.kind", self.kind,
+                      ("random", "file", "hessian", "interpolation", "plane", "pca", "curve"))
+        _check_choice("direction.curve", self.curve, ("bezier", "polychain"))
+        if self.bends < 1 or self.curve_epochs < 1 or self.curve_batch_size < 1 or not self.curve_lr > 0:
+            raise UserError(f"direction.bends={self.bends}, direction.curve_epochs={self.curve_epochs} and "
+                            f"direction.curve_batch_size={self.curve_batch_size} must be >= 1 and "
+                            f"direction.curve_lr={self.curve_lr} > 0")
+        if self.kind == "curve" and self.over != "weights":
+            raise UserError("direction.kind=curve trains the weights only: set direction.over=weights (BatchNorm "
+                            "statistics are recomputed at every t with eval.recalibrate_bn=true)")
+        if self.kind in ("interpolation", "plane", "pca", "curve") and (self.norm, self.ignore) != ("none", "none"):
             raise UserError(f"direction.kind={self.kind} keeps the checkpoints' own geometry: set direction.norm=none "
                             f"and direction.ignore=none (or use direction={self.kind})")
-        wanted = {"interpolation": 1, "plane": 2}.get(self.kind)
+        wanted = {"interpolation": 1, "plane": 2, "curve": 1}.get(self.kind)
         if wanted is not None and len(self.checkpoints) != wanted:
             raise UserError(f"direction.kind={self.kind} needs direction.checkpoints=[{', '.join('BC'[:wanted])}] "
                             f"({wanted} checkpoint file(s)), got {len(self.checkpoints)}")
@@ -419,6 +435,8 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "direction.include": [], "direction.exclude": [], "direction.frozen": False,
     "model.dtype": "float32", "direction.dtype": "float32",
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
+    "direction.curve": "bezier", "direction.bends": 1, "direction.curve_epochs": 30, "direction.curve_lr": 0.05,
+    "direction.curve_batch_size": 64,
 }
 
 

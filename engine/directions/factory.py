@@ -11,20 +11,23 @@ import torch
 from torch import nn
 
 from engine.config.schema import DirectionConfig
-from engine.directions import checkpoints
+from engine.directions import checkpoints, curves
 from engine.directions.kinds import Directions
 from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, random_raw
+from engine.sources.checkpoints import State, load_state
 
 HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim Hessian eigenvectors at theta*
+CurveBends = Callable[[State], list[State]]  # model B -> the trained bends of the curve from theta* to B
 
 
 def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTensors, ndim: int, run_dir: Path,
-                    hessian_axes: HessianAxes | None = None, progress: bool = False) -> Directions:
+                    hessian_axes: HessianAxes | None = None, progress: bool = False,
+                    curve_bends: CurveBends | None = None) -> Directions:
     """The `ndim` directions of direction.kind over the perturbed tensors, with their markers and labels.
 
     hessian_axes computes the top Hessian eigenvectors (direction=hessian only; it draws its own bar); pca reads
     this run's checkpoints/ unless direction.trajectory names another folder, with a bar over them when progress is on
-    (callers pass it on rank 0 only).
+    (callers pass it on rank 0 only); curve_bends trains (or reads) a curve's bends (direction=curve only).
     """
     theta, logged = target.theta, target.logged
     in_log = {n for n, m in zip(target.names, logged) if m}
@@ -32,6 +35,11 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
         return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log)
     if d.kind == "plane":
         return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log)
+    if d.kind == "curve":
+        if curve_bends is None:
+            raise ValueError("direction=curve needs curve_bends")
+        end = load_state(d.checkpoints[0], model)
+        return curves.curve_directions(d.curve, ndim, target.names, theta, end, curve_bends(end))
     if d.kind == "pca":
         folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
         return checkpoints.pca(folder, model, target.names, theta, in_log, progress)

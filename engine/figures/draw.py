@@ -11,9 +11,11 @@ import numpy as np
 
 from engine.config.schema import PlotConfig
 from engine.curvature.spectra import CURVATURE_METRICS
+from engine.figures.barrier import draw_barrier
 from engine.figures.curvature import draw_curvature_maps, draw_spectrum
 from engine.figures.surfaces import draw_surfaces
 from engine.sources.losses import STDERR
+from engine.store.barrier import is_path
 from engine.store.grid import PREVIEW
 from engine.store.read import Surface, read_array, read_surface
 from engine.store.spectra import read_spectrum
@@ -53,6 +55,8 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
                           title=title,
                           axis_labels=labels, log_scale=plot.log_scale, clip=plot.clip, formats=formats,
                           markers=markers, path=trajectory, levels=plot.levels, n_levels=plot.n_levels)
+    if is_path(surface):  # a path between two models: its barrier
+        paths += draw_barrier(surface, Path(out_dir), title, labels[0], formats)
     if all(k in m for k in CURVATURE_METRICS):  # the loss is always drawn, so m holds it
         lambda_max, lambda_min, ratio = (m[k] for k in CURVATURE_METRICS)
         paths += draw_curvature_maps(tuple(surface.coords), m["loss"], lambda_max, lambda_min, ratio, out_dir,

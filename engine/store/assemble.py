@@ -16,6 +16,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 
 from engine.curvature.sharpness import surface_sharpness, valley_asymmetry
+from engine.store.barrier import barriers, is_path
 from engine.store.read import Surface, read_surface
 
 NO_ERROR_BARS = "no per-item values: no error bars"  # summary.json's error_bars for a store without standard errors
@@ -56,6 +57,8 @@ def summarize(surface: Surface, basin_rise: float = 0.5, sharpness_radius: float
                         "adaptive": _results(surface.attrs.get("adaptive_sharpness")),
                         "asymmetry": valley_asymmetry(loss, coords)}
     out.update(error_bars(surface, center, imin))
+    if is_path(surface):
+        out["barrier"] = barriers(surface)
     if "hessian/ratio" in surface.metrics:
         out["curvature"] = curvature_summary(surface, center)
     return out

@@ -1,7 +1,8 @@
 """In-place perturbation: theta = theta* + sum_k c_k d_k set on the live tensors by torch._foreach_* updates.
 
 No model copy and no load_state_dict per point; theta* is kept once and restored bitwise at the end. For an
-interpolation the point is lerp(A, B, c) instead, which is exactly A at 0 and exactly B at 1. Tensors marked as
+interpolation the point is lerp(A, B, c) instead, which is exactly A at 0 and exactly B at 1; a curve's last direction
+is B - A, and at coefficients (0, ..., 0, 1) its point is B's own tensors, bit for bit. Tensors marked as
 log-space (BatchNorm running variances) move as exp(log theta* + sum_k c_k d_k), so they stay positive.
 
 A tensor held in bfloat16 or float16 (model.dtype) is computed in float32 from theta* at every point, one tensor at a
@@ -23,10 +24,11 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 class Perturber:
     """Moves a model's perturbed tensors to theta* + sum_k c_k d_k, vectorized over all tensors.
 
-    `end` (1D only): set lerps from theta* (c = 0) to end (c = 1). `after_set` runs after every move (BatchNorm
-    recalibration); `also_restore` are further tensors it changes, restored with theta*. `logged` marks the tensors
-    that move in log space; `theta` (and the directions) hold their logs. At c = 0 the live tensors are theta*
-    bit for bit, and at c = 1 of an interpolation they are end bit for bit.
+    `end`: the tensors at coefficients (0, ..., 0, 1), set bit for bit there (model B of an interpolation or a
+    curve, whose last direction is end - theta*); with one direction, set lerps from theta* (c = 0) to end (c = 1).
+    `after_set` runs after every move (BatchNorm recalibration); `also_restore` are further tensors it changes,
+    restored with theta*. `logged` marks the tensors that move in log space; `theta` (and the directions) hold their
+    logs. At c = 0 the live tensors are theta* bit for bit, and at c = 1 of an interpolation they are end bit for bit.
     """
 
     def __init__(self, tensors: list[torch.Tensor], directions: list[list[torch.Tensor]],
@@ -50,11 +52,11 @@ class Perturber:
         """Set the live tensors to theta* + sum_k coords[k] * directions[k] (or lerp(theta*, end, coords[0]))."""
         if not any(coords):
             torch._foreach_copy_(self.tensors, self.saved)
-        elif self.end is not None and self.end_values is not None and coords[0] == 1.0:
+        elif self.end_values is not None and coords[-1] == 1.0 and not any(coords[:-1]):
             torch._foreach_copy_(self.tensors, self.end_values)
         elif not self.low:
             torch._foreach_copy_(self.tensors, self.theta)
-            if self.end is not None:
+            if self.end is not None and len(self.directions) == 1:
                 torch._foreach_lerp_(self.tensors, self.end, float(coords[0]))
             else:
                 for c, d in zip(coords, self.directions):
@@ -72,7 +74,7 @@ class Perturber:
         """Tensor i at coords, computed in float32 (or its own wider dtype) from theta*; the caller rounds it."""
         wide = torch.promote_types(self.theta[i].dtype, torch.float32)
         value = self.theta[i].to(wide, copy=True)
-        if self.end is not None:
+        if self.end is not None and len(self.directions) == 1:
             value.lerp_(self.end[i].to(wide), float(coords[0]))
         else:
             for c, d in zip(coords, self.directions):

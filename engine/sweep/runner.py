@@ -15,6 +15,7 @@ from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, broadcast_value, on_main
 from engine.core.hostalloc import release_freed_memory
 from engine.core.memory import current_bytes, peak_bytes, reset_peak
+from engine.directions.kinds import CoefficientMap
 from engine.sources.batches import EvalBatches, device_batches
 from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
@@ -32,7 +33,7 @@ def make_runner(
     cfg: RunConfig, model: nn.Module, names: list[str], tensors: list[torch.Tensor],
     directions: list[list[torch.Tensor]], batches: EvalBatches, env: DistEnv, tune_on: GridPlan | None,
     end: list[torch.Tensor] | None = None, recalibrate: BatchNormRecalibrator | None = None,
-    logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY,
+    logged: list[bool] | None = None, loss: Loss = CROSS_ENTROPY, coefficients: CoefficientMap | None = None,
 ) -> PointRunner:
     """The point evaluator: K stacked points under vmap where the model allows it, else in place (K = 1).
 
@@ -75,9 +76,10 @@ def make_runner(
             evaluator = make_stacked(model, names, theta, directions, batches, e.precision, logged, loss,
                                      e.memory_gb / 4)
         evaluator = evaluator or make_evaluator(model, names, theta, directions, batches, e.precision, logged, loss)
-    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast, loss=loss)
+    runner = PointRunner(model, perturber, batches, e.precision, evaluator, e.points_per_pass or 1, fast, loss=loss,
+                         coefficients=coefficients)
     if e.points_per_pass is None and evaluator is not None and tune_on is not None:
-        grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, len(directions))
+        grid = np.stack(np.meshgrid(*tune_on.coords, indexing="ij"), -1).reshape(-1, tune_on.ndim)
         with perturber.active():
             picked = on_main(env, lambda: choose_k(runner, grid[:: max(1, len(grid) // 64)], k_max,
                                                           e.memory_gb * 2**30))

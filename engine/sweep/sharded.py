@@ -235,5 +235,7 @@ def sharded_runner(model: nn.Module, target: PerturbedTensors, made: Directions,
              "model of %d parameters",
              group.size, group.replica, group.replicas, group.rank, sum(t.numel() for t in target.tensors),
              sum(p.numel() for p in model.parameters()))
-    return ShardedRunner(model, perturber, batches, group, precision, loss)
+    runner = ShardedRunner(model, perturber, batches, group, precision, loss)
+    runner.coefficients = made.coefficients
+    return runner
 

@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from engine.core.hostalloc import release_freed_memory
 from engine.core.memory import current_bytes, peak_bytes, reset_peak
+from engine.directions.kinds import CoefficientMap, coefficients_at
 from engine.sources.batches import EvalBatches
 from engine.sources.losses import CROSS_ENTROPY, Loss, autocast, evaluate, first_device
 from engine.sources.structure import Batch, map_tensors, take
@@ -143,8 +144,10 @@ class PointRunner:
 
     def __init__(self, model: nn.Module, perturber: Perturber, batches: EvalBatches, precision: str = "fp32",
                  evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
-                 curvature: Callable[[], dict[str, float]] | None = None, loss: Loss = CROSS_ENTROPY) -> None:
+                 curvature: Callable[[], dict[str, float]] | None = None, loss: Loss = CROSS_ENTROPY,
+                 coefficients: CoefficientMap | None = None) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision
+        self.coefficients = coefficients  # grid coordinates -> direction coefficients (Directions.coefficients)
         self.loss = loss
         self.evaluator = evaluator
         self.k = k if evaluator is not None else 1
@@ -152,7 +155,9 @@ class PointRunner:
         self.curvature = curvature  # extra metrics at the live weights (engine.curvature.spectra.CurvatureProbe)
 
     def run(self, coords: np.ndarray) -> dict[str, np.ndarray]:
-        """{metric: [n]} at each of the n points of coords ([n, ndim]), curvature metrics included if asked."""
+        """{metric: [n]} at each of the n grid points of coords ([n, ndim]), curvature metrics included if asked;
+        the coefficient map (if any) turns them into coefficients over the directions first."""
+        coords = coefficients_at(self.coefficients, coords, len(self.perturber.directions))
         out = self._metrics(coords)
         if self.curvature is not None:
             for i, c in enumerate(coords):
