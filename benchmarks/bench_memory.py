@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""python benchmarks/bench_memory.py [--layers 12] [--width 768] [--vocab 2000] [--work DIR]
+"""python benchmarks/bench_memory.py [--layers 12] [--width 768] [--vocab 2000] [--work DIR] [--only PREFIX ...]
 
 Peak resident memory of a `landscape` sweep of a GPT-2-small-shaped causal LM (12 layers x 768 wide, a vocabulary
 of 2000 from a byte-level BPE tokenizer trained here: about 87M parameters, 347 MB in float32), built from a config
@@ -18,7 +18,9 @@ the two runs' peaks over the difference of their parameters: the bytes each para
 Settings: the engine's own choices (batch size and K timed); eval.batch_size=8 eval.points_per_pass=1; that with
 direction.dtype=bfloat16; that with model.dtype=bfloat16 on a 2x2 grid of 2 blocks (bfloat16 matmuls are slow on CPUs
 without bfloat16 units; x the weights still counts float32 weights); that on 2 torchrun ranks with parallel.shard=2,
-one row per rank. Each run's per-stage peaks (from its log) are printed beside it.
+one row per rank, each rank reading only its rows of the weights (parallel.load=auto), and the same with every rank
+loading the whole model first (parallel.load=whole, the way sharded runs loaded before). Each run's per-stage peaks
+(from its log) are printed beside it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--work", default=None, help="folder for the model and runs (default: a temporary one)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only the settings whose names start so")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_memory_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -107,8 +110,11 @@ def main() -> None:
     settings: dict[str, tuple[list[str], int]] = {
         "engine's choices": ([], 1), "batch 8, K=1": (k1, 1), "  + bf16 dirs": ([*k1, "direction.dtype=bfloat16"], 1),
         "bf16 model (2x2, 2)": ([*k1, "model.dtype=bfloat16", "grid.resolution=[2,2]", "eval.samples=2"], 1),
-        "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2)}
-    print(f"{'setting':<22}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'s/point':>9}"
+        "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2),
+        "2 ranks, S=2, whole": ([*k1, "parallel.shard=2", "parallel.load=whole"], 2)}
+    if args.only is not None:
+        settings = {k: v for k, v in settings.items() if any(k.startswith(p) for p in args.only)}
+    print(f"{'setting':<28}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'s/point':>9}"
           f"{'B/param vs 1x96':>17}   stages: peak (what it leaves held), bytes/param beyond the run's start")
     for k, (name, (extra, nproc)) in enumerate(settings.items()):
         cli = [sys.executable, "-c", "from engine.app.cli import main; main()"] if nproc == 1 else [
@@ -123,7 +129,7 @@ def main() -> None:
             beyond = rss - base
             per_param = (rss - tiny_rss) / (params - tiny_params)
             label = name if nproc == 1 else f"{name}, rank {rank}"
-            print(f"{label:<22}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}"
+            print(f"{label:<28}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}"
                   f"{beyond / params:>13.1f}{point_seconds(logs[0]):>9.2f}{per_param:>17.1f}   {by_stage}")
     print("s/point: the sweep's seconds per grid point from rank 0's tile lines (torchrun gives each rank one thread, "
           "a single process takes the machine's threads)")
