@@ -391,6 +391,13 @@ class RunConfig:
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # tensorboard | mlflow | wandb: send the finished run's numbers, figures, pages and tags to that tracker
+    # (engine/integrations/trackers.py); null: none
+    track: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.track is not None:
+            _check_choice("track", self.track, ("tensorboard", "mlflow", "wandb"))
 
 
 def register_configs() -> None:
@@ -413,6 +420,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "direction.include": [], "direction.exclude": [], "direction.frozen": False,
     "model.dtype": "float32", "direction.dtype": "float32",
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
+    "track": None,
 }
 
 

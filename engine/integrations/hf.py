@@ -22,7 +22,7 @@ from engine.core.errors import UserError
 from engine.integrations.callbacks import TrajectoryRecorder
 from engine.integrations.extras import require
 
-transformers = require("transformers", "engine.integrations.hf")
+TrainerCallback: Any = require("transformers", "engine.integrations.hf").TrainerCallback
 
 
 def model_loss(model: nn.Module) -> str:
@@ -38,7 +38,7 @@ def model_loss(model: nn.Module) -> str:
     return "cross_entropy"
 
 
-class LandscapeCallback(transformers.TrainerCallback):
+class LandscapeCallback(TrainerCallback):
     """Saves the weights every `every_n_epochs` epochs and/or `every_n_steps` steps (rank 0, float32, with epoch
     and step) under `directory` (default <output_dir>/landscape/trajectory); when training ends, sweeps the
     trajectory's PCA plane (or the direction kind in `settings`) on `data` ("eval": the Trainer's eval loader, or any
@@ -103,12 +103,18 @@ class LandscapeCallback(transformers.TrainerCallback):
         was_training, handles = model.training, [_handle(t) for t in self.trackers]
         try:
             self.recorder.finish(model, data, model_loss(model), handles, state.global_step, round(state.epoch or 0),
-                                 lambda: dist.barrier() if dist.is_initialized() else None)
+                                 _barrier)
         finally:
             for handle in handles:
                 if hasattr(handle, "get_logdir"):  # the SummaryWriter opened here on the Trainer's folder
                     handle.close()
         model.train(was_training)
+
+
+def _barrier() -> None:
+    """Wait for every rank of a distributed Trainer (rank 0's last checkpoint written before any rank reads)."""
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _handle(tracker: Any) -> Any:

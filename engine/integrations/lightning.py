@@ -18,13 +18,13 @@ from engine.core.errors import UserError
 from engine.integrations.callbacks import TrajectoryRecorder, criterion_of
 from engine.integrations.extras import require
 
-pl = require("lightning.pytorch", "engine.integrations.lightning")
+Callback: Any = require("lightning.pytorch", "engine.integrations.lightning").Callback
 
 LOGGERS = ("TensorBoardLogger", "MLFlowLogger", "WandbLogger")  # the trainer's loggers the run is sent to
 SPLITS = ("val", "train", "test")
 
 
-class LandscapeCallback(pl.Callback):
+class LandscapeCallback(Callback):
     """Saves the weights every `every_n_epochs` epochs and/or `every_n_steps` steps (rank 0, float32, with epoch
     and step) under `directory`; when training ends, sweeps the trajectory's PCA plane (or the direction kind in
     `settings`: the engine's dotted keys) on the `data` split ("val", "train", "test", or any eval set

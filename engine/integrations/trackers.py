@@ -65,6 +65,13 @@ def run_tags(run_dir: Path) -> dict[str, str]:
     return tags
 
 
+def check_tracker(name: str) -> None:
+    """Refuse a tracker whose package is missing before a run starts (one line naming the extra)."""
+    if name not in TRACKERS:
+        raise UserError(f"track={name!r} is not one of {', '.join(TRACKERS)}")
+    require({"mlflow": "mlflow.tracking"}.get(name, name), f"track={name}")
+
+
 def log_run(run_dir: str | Path, tracker: Any, step: int = 0) -> None:
     """Send a finished run's numbers, figures, pages and tags to a tracker: a name (a new run of it: TensorBoard
     under <run_dir>/tensorboard, MLflow at MLFLOW_TRACKING_URI, W&B in WANDB_PROJECT or `landscape`) or a handle."""
