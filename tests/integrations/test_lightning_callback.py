@@ -20,11 +20,9 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 
-from helpers import run_cli
-from integration_fixtures import mlflow_scalars, tensorboard_scalars, wandb_records, wandb_scalars
-
 from engine.integrations.trackers import summary_scalars
 from engine.store.read import read_surface
+from integration_fixtures import mlflow_scalars, tensorboard_scalars, wandb_records, wandb_scalars
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning:lightning",
                                         "ignore::ResourceWarning", "ignore::PendingDeprecationWarning",
@@ -40,10 +38,10 @@ CLI_SETTINGS = ["grid.resolution=[5,5]", "eval.batch_size=64", "eval.progress=fa
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-epoch fit with the callback and all three loggers; the W&B run finished so its log is complete."""
     import lightning.pytorch as pl
-    from integration_fixtures import DigitsModule, digits_loaders
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     from engine.integrations.lightning import LandscapeCallback
+    from integration_fixtures import DigitsModule, digits_loaders
 
     tmp = tmp_path_factory.mktemp("lightning")
     mp = pytest.MonkeyPatch()
@@ -85,7 +83,8 @@ def test_pca_plane_equals_the_cli_on_the_same_checkpoints(trained: dict) -> None
                           "name=cli", *CLI_SETTINGS], cwd=tmp, capture_output=True, text=True, timeout=600,
                          env={**os.environ, **env})
     assert cli.returncode == 0, cli.stderr[-2000:]
-    ours, theirs = read_surface(callback.run_dir / "landscape.zarr"), read_surface(tmp / "cli" / "cli" / "landscape.zarr")
+    ours = read_surface(callback.run_dir / "landscape.zarr")
+    theirs = read_surface(tmp / "cli" / "cli" / "landscape.zarr")
     for a, b in zip(ours.coords, theirs.coords):
         np.testing.assert_array_equal(a, b)
     for metric in ("loss", "accuracy"):
