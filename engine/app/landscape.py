@@ -59,7 +59,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
     if cfg.track is not None:
-        from engine.integrations.trackers import check_tracker
+        from engine.app.trackers import check_tracker
 
         check_tracker(cfg.track)
     few_arenas()
@@ -131,7 +131,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             with memory.stage("figures"):
                 result.figures = stages.figures_stage(cfg, store)
             if cfg.track is not None:  # the tracker's extra is imported only when asked for
-                from engine.integrations.trackers import log_run
+                from engine.app.trackers import log_run
 
                 log_run(result.run_dir, cfg.track)
             report(result, time.perf_counter() - start, len(tiles), say)

@@ -392,7 +392,7 @@ class RunConfig:
     hessian: HessianConfig = field(default_factory=HessianConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # tensorboard | mlflow | wandb: send the finished run's numbers, figures, pages and tags to that tracker
-    # (engine/integrations/trackers.py); null: none
+    # (engine/app/trackers.py); null: none
     track: str | None = None
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 W&B, and the callbacks `engine.integrations.lightning.LandscapeCallback` and `engine.integrations.hf.LandscapeCallback`.
 """
 
-from engine.integrations.trackers import log_run
+from engine.app.trackers import log_run
 from engine.integrations.trajectory import Trajectory
 
 __all__ = ["Trajectory", "log_run"]

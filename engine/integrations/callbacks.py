@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.app.trackers import log_run
 from engine.core.errors import UserError
-from engine.integrations.trackers import log_run
 from engine.integrations.trajectory import Trajectory, is_main_process
 
 CRITERION_ATTRIBUTES = ("criterion", "loss_fn", "loss_func", "loss")  # where a module keeps its torch loss

@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.core.errors import UserError
+from engine.core.imports import require
 from engine.integrations.callbacks import TrajectoryRecorder
-from engine.integrations.extras import require
 
 TrainerCallback: Any = require("transformers", "engine.integrations.hf").TrainerCallback
 

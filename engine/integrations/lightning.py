@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from engine.core.errors import UserError
+from engine.core.imports import require
 from engine.integrations.callbacks import TrajectoryRecorder, criterion_of
-from engine.integrations.extras import require
 
 Callback: Any = require("lightning.pytorch", "engine.integrations.lightning").Callback
 

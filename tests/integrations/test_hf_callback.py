@@ -17,8 +17,8 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 
+from engine.app.trackers import summary_scalars
 from engine.config.schema import DataConfig
-from engine.integrations.trackers import summary_scalars
 from engine.sources.data import load_data
 from engine.store.read import read_surface
 from helpers import run_cli

@@ -20,7 +20,7 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
 
-from engine.integrations.trackers import summary_scalars
+from engine.app.trackers import summary_scalars
 from engine.store.read import read_surface
 from integration_fixtures import mlflow_scalars, tensorboard_scalars, wandb_records, wandb_scalars
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.app.trackers import summary_scalars
 from engine.core.errors import UserError
 from engine.integrations import Trajectory
-from engine.integrations.trackers import summary_scalars
 from engine.sources.models import MLP
 from engine.store.read import read_array
 from helpers import run_cli
@@ -120,7 +120,7 @@ def test_a_missing_extra_is_named_in_one_line(modules: list[str], extra: str, ca
         elif call == "lightning":
             import engine.integrations.lightning  # noqa: F401
         else:
-            from engine.integrations.trackers import check_tracker
+            from engine.app.trackers import check_tracker
 
             check_tracker("wandb")
     assert "\n" not in str(caught.value)

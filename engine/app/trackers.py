@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import UserError
-from engine.integrations.extras import require
+from engine.core.imports import require
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 PREFIX = "landscape"
