@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 BLOCK = 32
 SETTINGS = {"grid.resolution": (5, 5), "eval.batch_size": 16, "eval.progress": False, "eval.points_per_pass": 1,
             "summary.epsilon": None, "summary.adaptive_radius": None, "summary.adaptive_average_radius": None,
-            "plot.formats": ["png"]}
+            "plot.enabled": False}  # figures, pages and images in trackers: tested with Lightning
 CLI_SETTINGS = ["grid.resolution=[5,5]", "eval.batch_size=16", "eval.progress=false", "eval.points_per_pass=1",
                 "summary.epsilon=null", "summary.adaptive_radius=null", "summary.adaptive_average_radius=null",
                 "plot.enabled=false"]
@@ -49,8 +49,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp = pytest.MonkeyPatch()
     uri = f"file:{tmp / 'mlruns'}"
     for key, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "true", "WANDB_MODE": "offline",
-                       "WANDB_DIR": str(tmp), "WANDB_SILENT": "true", "WANDB_PROJECT": "gpt2"}.items():
+                       "WANDB_DIR": str(tmp), "WANDB_SILENT": "true", "WANDB_PROJECT": "gpt2",
+                       "OMP_NUM_THREADS": "1"}.items():  # one thread: tiny ops on a shared CPU, here and in the CLI
         mp.setenv(key, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     text = tiny_text(6000)
     (tmp / "corpus.txt").write_text(text)
     save_tiny_tokenizer(tmp / "lm", text)
@@ -73,6 +76,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     wandb.finish()
     model.save_pretrained(tmp / "lm")
     yield {"tmp": tmp, "callback": callback, "model": model, "uri": uri}
+    torch.set_num_threads(threads)
     mp.undo()
 
 

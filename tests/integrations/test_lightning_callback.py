@@ -28,9 +28,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
                                         "ignore::ResourceWarning", "ignore::PendingDeprecationWarning",
                                         "ignore::FutureWarning")
 TESTS = Path(__file__).resolve().parents[1]
-SETTINGS = {"grid.resolution": (5, 5), "eval.batch_size": 64, "eval.progress": False, "summary.epsilon": None,
+SETTINGS = {"grid.resolution": (5, 5), "eval.batch_size": 64, "eval.points_per_pass": 4, "eval.progress": False,
+            "summary.epsilon": None,
             "summary.adaptive_radius": None, "summary.adaptive_average_radius": None, "plot.formats": ["png"]}
-CLI_SETTINGS = ["grid.resolution=[5,5]", "eval.batch_size=64", "eval.progress=false", "summary.epsilon=null",
+CLI_SETTINGS = ["grid.resolution=[5,5]", "eval.batch_size=64", "eval.points_per_pass=4", "eval.progress=false",
+                "summary.epsilon=null",
                 "summary.adaptive_radius=null", "summary.adaptive_average_radius=null", "plot.enabled=false"]
 
 
@@ -47,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp = pytest.MonkeyPatch()
     uri = f"file:{tmp / 'mlruns'}"
     for key, value in {"MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "true", "WANDB_MODE": "offline",
-                       "WANDB_DIR": str(tmp), "WANDB_SILENT": "true"}.items():
+                       "WANDB_DIR": str(tmp), "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}.items():
         mp.setenv(key, value)
     train, val = digits_loaders()
     callback = LandscapeCallback(**SETTINGS)
@@ -142,7 +144,8 @@ save, log_run = trajectory.torch.save, callbacks.log_run
 trajectory.torch.save = lambda obj, path: (done["saved"].append(str(path)), save(obj, path))[1]
 callbacks.log_run = lambda *a, **k: (done["logged"].append(str(a[0])), log_run(*a, **k))[1]
 train, val = digits_loaders()
-callback = LandscapeCallback(**{"grid.resolution": (3, 3), "eval.batch_size": 64, "eval.progress": False,
+callback = LandscapeCallback(**{"grid.resolution": (3, 3), "eval.batch_size": 64, "eval.points_per_pass": 1,
+                               "eval.progress": False,
                                "summary.epsilon": None, "summary.adaptive_radius": None,
                                "summary.adaptive_average_radius": None, "plot.enabled": False})
 trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp", logger=TensorBoardLogger(out),

@@ -21,7 +21,8 @@ from engine.sources.models import MLP
 from engine.store.read import read_array
 from helpers import run_cli
 
-SMALL = ["grid.resolution=[3,3]", "eval.progress=false", "summary.epsilon=null", "summary.adaptive_radius=null",
+SMALL = ["grid.resolution=[3,3]", "eval.batch_size=8", "eval.points_per_pass=1", "eval.progress=false",
+         "summary.epsilon=null", "summary.adaptive_radius=null",
          "summary.adaptive_average_radius=null", "plot.formats=[png]"]
 
 
@@ -40,7 +41,8 @@ def test_plain_loop_trajectory_pca_matches_a_float64_reference(tmp_path: Path, m
     assert trajectory.save(model, 99) is None
     monkeypatch.delenv("RANK")
     assert [p.name for p in trajectory.checkpoints()] == [f"epoch_{s:08d}.pt" for s in range(1, 6)]
-    surface = trajectory.sweep(model, (x, y), **{"grid.resolution": (3, 3), "eval.progress": False,
+    surface = trajectory.sweep(model, (x, y), **{"grid.resolution": (3, 3), "eval.points_per_pass": 1,
+                                                 "eval.batch_size": 96, "eval.progress": False,
                                                  "summary.epsilon": None, "summary.adaptive_radius": None,
                                                  "summary.adaptive_average_radius": None, "plot.enabled": False,
                                                  "out_dir": str(tmp_path / "runs")})
@@ -58,8 +60,10 @@ def test_plain_loop_trajectory_pca_matches_a_float64_reference(tmp_path: Path, m
     assert float(surface.loss.sel(x=0.0, y=0.0)) == pytest.approx(centre, rel=1e-5)
 
 
-def test_timm_model_from_a_local_file_on_image_folders_with_track_tensorboard(tmp_path: Path) -> None:
+def test_timm_model_from_a_local_file_on_image_folders_with_track_tensorboard(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     timm = pytest.importorskip("timm")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the CLI's process: tiny ops on a shared CPU
     pytest.importorskip("tensorboard")
     from engine.config.schema import DataConfig
     from engine.sources.data import load_data
@@ -132,3 +136,25 @@ def test_importing_engine_loads_no_extra() -> None:
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_spectrum_run_sends_its_numbers_with_errors_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    import engine
+    from integration_fixtures import mlflow_scalars
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    torch.manual_seed(0)
+    model = MLP(8, [6], 3)
+    found = engine.spectrum(model, (torch.randn(64, 8), torch.randint(0, 3, (64,))), track="mlflow",
+                            out_dir=str(tmp_path / "runs"), **{"hessian.top_k": 2, "hessian.steps": 10,
+                                                               "hessian.slq_runs": 2, "hessian.slq_steps": 10,
+                                                               "hessian.trace_samples": 4, "hessian.hutchpp_matvecs": 6,
+                                                               "eval.progress": False, "plot.enabled": False})
+    numbers = json.loads((Path(found.attrs["store"]).parent / "spectrum.json").read_text())
+    want = summary_scalars(numbers)
+    assert "landscape/trace_stderr" in want and want["landscape/trace_stderr"] > 0
+    got = mlflow_scalars(uri)
+    assert all(got[k] == pytest.approx(v, rel=1e-6, abs=1e-12) for k, v in want.items())
