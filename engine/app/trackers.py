@@ -151,7 +151,8 @@ class _MLflow:
     @classmethod
     def open(cls, run_dir: Path) -> _MLflow:
         tracking = require("mlflow.tracking", "track=mlflow")
-        client = tracking.MlflowClient()
+        # MLFLOW_TRACKING_URI before a URI some library set in this process earlier (a trainer's own run)
+        client = tracking.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PREFIX)
         found = client.get_experiment_by_name(name)
         experiment = found.experiment_id if found is not None else client.create_experiment(name)

@@ -72,7 +72,7 @@ class LandscapeCallback(TrainerCallback):
 
             active = mlflow.active_run()
             if active is not None:
-                self.trackers.append(("mlflow", active.info.run_id))
+                self.trackers.append(("mlflow", (active.info.run_id, mlflow.get_tracking_uri())))
         if "wandb" in reports:
             import wandb
 
@@ -126,7 +126,8 @@ def _handle(tracker: Any) -> Any:
     if kind == "mlflow":
         from mlflow.tracking import MlflowClient
 
-        return MlflowRun(MlflowClient(), where)
+        run_id, uri = where
+        return MlflowRun(MlflowClient(tracking_uri=uri), run_id)
     from torch.utils.tensorboard import SummaryWriter
 
     folder = os.getenv("TENSORBOARD_LOGGING_DIR")

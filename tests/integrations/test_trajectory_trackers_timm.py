@@ -158,3 +158,23 @@ def test_spectrum_run_sends_its_numbers_with_errors_to_mlflow(tmp_path: Path, mo
     assert "landscape/trace_stderr" in want and want["landscape/trace_stderr"] > 0
     got = mlflow_scalars(uri)
     assert all(got[k] == pytest.approx(v, rel=1e-6, abs=1e-12) for k, v in want.items())
+
+
+@pytest.mark.parametrize("criterion", [
+    torch.nn.CrossEntropyLoss(label_smoothing=0.1), torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5])),
+    torch.nn.CrossEntropyLoss(ignore_index=1), torch.nn.NLLLoss()])
+def test_a_modules_own_criterion_is_summed_over_the_items_it_averages(criterion: torch.nn.Module) -> None:
+    from torch import nn
+
+    from engine.integrations.callbacks import criterion_of
+
+    holder = nn.Module()
+    holder.criterion = criterion
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(-1))
+    x, y = torch.randn(10, 4), torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 0])
+    total, count = criterion_of(holder)(model, (x, y))
+    with torch.no_grad():
+        assert float(total) / float(count) == pytest.approx(float(criterion(model(x), y)), rel=1e-6)
+    holder.criterion = nn.CrossEntropyLoss()
+    assert criterion_of(holder) is holder.criterion  # the plain one: the engine's own cross_entropy (with accuracy)
