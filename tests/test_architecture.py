@@ -13,7 +13,7 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 # The flow: each room may import from the rooms before it, never from one after it.
-ROOMS = ["core", "config", "sources", "curvature", "store", "directions", "sweep", "figures", "app"]
+ROOMS = ["core", "config", "sources", "curvature", "store", "directions", "sweep", "figures", "app", "integrations"]
 # `python -m` entry shims (torchrun, sbatch, docker): they only call the CLI, which is the last room.
 SHIMS = {"engine.sweep.__main__", "engine.run_spectrum"}
 ZARR_OPENERS = {"open", "open_group", "open_array", "create", "create_group", "create_array", "group", "array"}

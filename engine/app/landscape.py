@@ -62,6 +62,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     `given` (the Python API), its model, eval set and loss replace the config's model, data and loss."""
     start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
+    if cfg.track is not None:
+        from engine.app.trackers import check_tracker
+
+        check_tracker(cfg.track)
     few_arenas()
     with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
@@ -145,6 +149,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                 write_provenance(result.run_dir, store, env, ranks, started, time.perf_counter() - start)
             with memory.stage("figures"):
                 result.figures = stages.figures_stage(cfg, store)
+            if cfg.track is not None:  # the tracker's extra is imported only when asked for
+                from engine.app.trackers import log_run
+
+                log_run(result.run_dir, cfg.track)
             report(result, time.perf_counter() - start, len(tiles), say)
         memory.log(sum(p.numel() for p in model.parameters()))
     return result

@@ -45,6 +45,10 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     """Train or load the model, compute its spectra at theta* (all ranks), and write store, JSON and figures."""
     start, started = time.perf_counter(), time.time()
     stages.preflight(cfg)
+    if cfg.track is not None:
+        from engine.app.trackers import check_tracker
+
+        check_tracker(cfg.track)
     with process_group(cfg.eval.device) as env:
         say = stages.console(log, env)
         if given is None:
@@ -88,6 +92,10 @@ def run_spectrum(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             about = provenance_record(env, ranks, fingerprint, config_hash(resolved), started,
                                       time.perf_counter() - start)
             outputs(cfg, spectrum, run_dir, path, say, resolved, about)
+            if cfg.track is not None:
+                from engine.app.trackers import log_run
+
+                log_run(run_dir, cfg.track)
     return path, spectrum
 
 

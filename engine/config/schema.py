@@ -34,7 +34,7 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """Which network to build; shapes left None are taken from the data."""
 
-    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | torchvision | hf | custom
+    name: str = "resnet8"  # resnet<6n+2> | plain<6n+2> (no shortcuts) | mlp | torchvision | timm | hf | custom
     width: int = 16  # channels of the first ResNet stage (doubled at each of the 3 stages)
     hidden: list[int] = field(default_factory=lambda: [128, 128])  # MLP hidden sizes
     in_channels: int | None = None  # image channels; None: from the data
@@ -42,8 +42,8 @@ class ModelConfig:
     num_classes: int | None = None  # None: from the data
     checkpoint: str | None = None  # trained weights to load; None: train them (see train/)
     _target_: str | None = None  # custom model: import path of an nn.Module class or factory
-    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom or torchvision model
-    arch: str | None = None  # torchvision: an architecture of torchvision.models (resnet18, vit_b_16, ...)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # arguments of the custom, torchvision or timm model
+    arch: str | None = None  # torchvision / timm: an architecture of torchvision.models or timm (resnet18, ...)
     path: str | None = None  # hf: a local folder saved with save_pretrained (config, weights, tokenizer)
     task: str = "causal_lm"  # hf: causal_lm | sequence_classification | image_classification (which head)
     trust_remote_code: bool = False  # hf: run the folder's own modelling code (off: such a folder is refused)
@@ -56,8 +56,8 @@ class ModelConfig:
             raise UserError(f"model.width={self.width} must be >= 1")
         if self.name == "custom" and not self._target_:
             raise UserError("model=custom needs model._target_=<module.Class> (and model.checkpoint=...)")
-        if self.name == "torchvision" and not self.arch:
-            raise UserError("model=torchvision needs model.arch=<a torchvision.models name, e.g. resnet18>")
+        if self.name in ("torchvision", "timm") and not self.arch:
+            raise UserError(f"model={self.name} needs model.arch=<an architecture name, e.g. resnet18>")
         if self.name == "hf" and not self.path:
             raise UserError("model=hf needs model.path=<a folder saved with save_pretrained>")
         _check_choice("model.task", self.task, HF_TASKS)
@@ -413,6 +413,13 @@ class RunConfig:
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     hessian: HessianConfig = field(default_factory=HessianConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # tensorboard | mlflow | wandb: send the finished run's numbers, figures, pages and tags to that tracker
+    # (engine/app/trackers.py); null: none
+    track: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.track is not None:
+            _check_choice("track", self.track, ("tensorboard", "mlflow", "wandb"))
 
 
 def register_configs() -> None:
@@ -437,6 +444,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
     "direction.curve": "bezier", "direction.bends": 1, "direction.curve_epochs": 30, "direction.curve_lr": 0.05,
     "direction.curve_batch_size": 64,
+    "track": None,
 }
 
 

@@ -1,4 +1,5 @@
-"""Import a user's `module.attribute` name (a custom model, data source or loss) with a one-line refusal."""
+"""Import a user's `module.attribute` name (a custom model, data source or loss) with a one-line refusal, and the
+optional extras on first use (so `import engine` never loads lightning, transformers or a tracker)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ def import_object(dotted: str, key: str) -> Any:
         return obj
     raise UserError(f"{key}={dotted!r} cannot be imported (no module named {parts[0]!r}); is it installed and on "
                     "PYTHONPATH?")
+
+
+EXTRAS = {"lightning": "lightning", "transformers": "hf", "accelerate": "hf", "tensorboard": "track", "mlflow": "track",
+          "wandb": "track", "timm": "vision"}  # module: the extra of landscape-engine that installs it
+
+
+def require(module: str, who: str) -> Any:
+    """The imported module, or a one-line UserError naming `who` needs it and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        raise UserError(f"{who} needs {top}: pip install 'landscape-engine[{EXTRAS[top]}]' "
+                        f"({type(err).__name__}: {' '.join(str(err).split())})") from None

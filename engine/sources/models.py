@@ -93,6 +93,10 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         from engine.sources.vision import build_torchvision_model  # torchvision: an optional extra
 
         return build_torchvision_model(cfg)
+    if cfg.name == "timm":
+        from engine.sources.timm_models import build_timm_model  # timm: in the optional [vision] extra
+
+        return build_timm_model(cfg)
     if cfg.name == "hf":
         from engine.sources.hf import build_hf_model  # transformers: an optional extra
 
@@ -116,5 +120,5 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         return MLP(int(torch.Size(input_shape).numel()), list(cfg.hidden), classes)
     raise UserError(
         f"unknown model name {cfg.name!r}: use resnet<6n+2> (resnet20, resnet56, resnet110), "
-        "plain<6n+2> (plain20, ...), mlp, torchvision, hf, or custom with model._target_"
+        "plain<6n+2> (plain20, ...), mlp, torchvision, timm, hf, or custom with model._target_"
     )
