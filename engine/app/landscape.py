@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from engine.app import stages
+from engine.app import autogrid, stages
 from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
@@ -29,7 +29,7 @@ from engine.directions.vectors import PerturbedTensors, perturbed
 from engine.sources.data import load_data
 from engine.sources.losses import Loss
 from engine.sources.splits import AnySplit
-from engine.store.grid import make_levels
+from engine.store.grid import make_levels, shape_only
 from engine.store.tiles import Work
 
 
@@ -62,8 +62,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
         group = stages.shard_stage(cfg, env)  # parallel.shard's mesh, before anything is loaded or written
-        levels = make_levels(cfg.grid)
-        plan = levels[""]
+        plan = make_levels(shape_only(cfg.grid), cfg.direction.count)[""]  # its shape; grid.x=auto is resolved below
         memory = StageMemory(env.device)
         with memory.stage("load"):
             if given is None:
@@ -86,11 +85,15 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             made = stages.directions_stage(cfg, model, target, plan, hvp_batches, env, loss)
             fingerprint = stages.agree_across_ranks(env, model, made)
         release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
+        levels, auto = autogrid.grid_stage(cfg, resolved, autogrid.Swept(model, target, made, split, loss), env,
+                                           fingerprint, say)
+        plan = levels[""]
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics)
+            spec.attrs.update(autogrid.layout_attrs(cfg, auto))
             store = held.enter_context(stages.held_store(cfg, resolved, spec, env))
             spec.directions = []  # written: the store's lease keeps the spec, not the directions (a sharded run
             # lets go of the whole ones once it has cut its rows)

@@ -213,7 +213,14 @@ def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | 
     from engine.store.spectra import read_spectrum
 
     surface = read_surface(store_path)
-    summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
+    if surface.attrs.get("layout") == "lines":  # N random lines: the radius distribution (engine/store/lines.py)
+        from engine.store.lines import summarize_lines
+
+        summary = {"store": str(store_path), **summarize_lines(surface, basin_rise)}
+    else:
+        summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
+    if "auto_range" in surface.attrs:  # grid.x=auto: the ranges chosen and how (engine/app/autogrid.py)
+        summary["auto_range"] = surface.attrs["auto_range"]
     spectrum = read_spectrum(store_path)
     if spectrum is not None:
         summary["spectrum"] = spectrum.numbers()
