@@ -32,6 +32,7 @@ def side_radius(x: np.ndarray, loss: np.ndarray, se: np.ndarray | None, centre: 
                 rise: float) -> tuple[float, float | None]:
     """(radius, its standard error) on one side (step +1 or -1) of one line; (inf, None) when open, (nan, None)
     when a point on the way is not computed."""
+    loss = np.asarray(loss, dtype=np.float64)  # float32 in the store: the threshold and crossing in float64
     threshold = loss[centre] + rise
     a = centre
     while 0 <= a + step < len(x):
