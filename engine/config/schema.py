@@ -189,9 +189,9 @@ class GridConfig:
     # [min, max] along direction 1, or auto: found by bisection before the sweep (engine/sweep/autorange.py)
     x: Any = field(default_factory=lambda: [-1.0, 1.0])
     y: Any = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D), or auto
-    auto_rise: float = 10.0  # auto: sweep out to where the loss reaches max(auto_rise x centre, centre + basin_rise)
     tile: list[int] = field(default_factory=lambda: [14, 14])  # points per tile (= Zarr chunk) per axis
     preview: int = 4  # stride of a coarse preview plane swept first (0: none), so a stopped run still shows one
+    auto_rise: float = 10.0  # auto: sweep out to where the loss reaches max(auto_rise x centre, centre + basin_rise)
 
     def __post_init__(self) -> None:
         if len(self.resolution) not in (1, 2):

@@ -51,7 +51,7 @@ def draw_lines(surface: Surface, out_dir: str | Path, plot: PlotConfig, title: s
     sides = radii(surface, rise)
     closed = [v[np.isfinite(v)] for v in sides.values()]
     if any(c.size for c in closed):
-        bins = np.histogram_bin_edges(np.concatenate(closed), bins=max(5, min(30, len(loss) // 2)))
+        bins = [float(b) for b in np.histogram_bin_edges(np.concatenate(closed), bins=max(5, min(30, len(loss) // 2)))]
         ax.hist(closed, bins=bins, stacked=True, label=[f"{n} side" for n in sides], color=["tab:blue", "tab:green"])
         ax.axvline(float(np.median(np.concatenate(closed))), color="tab:red", label="median (closed sides)")
     opened = sum(int(np.isinf(v).sum()) for v in sides.values())

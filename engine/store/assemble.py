@@ -16,6 +16,7 @@ from typing import Any, SupportsIndex
 import numpy as np
 
 from engine.curvature.sharpness import surface_sharpness, valley_asymmetry
+from engine.store.lines import summarize_lines
 from engine.store.read import Surface, read_surface
 
 NO_ERROR_BARS = "no per-item values: no error bars"  # summary.json's error_bars for a store without standard errors
@@ -214,8 +215,6 @@ def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | 
 
     surface = read_surface(store_path)
     if surface.attrs.get("layout") == "lines":  # N random lines: the radius distribution (engine/store/lines.py)
-        from engine.store.lines import summarize_lines
-
         summary = {"store": str(store_path), **summarize_lines(surface, basin_rise)}
     else:
         summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}

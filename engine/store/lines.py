@@ -22,10 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.store.assemble import NO_ERROR_BARS, _num
 from engine.store.read import Surface
 
 QUANTILES = {"min": 0.0, "q1": 0.25, "median": 0.5, "q3": 0.75}
+
+
+def number(v: Any) -> float | None:
+    """A finite float for summary.json, None for NaN or infinity."""
+    f = float(v)
+    return f if math.isfinite(f) else None
 
 
 def side_radius(x: np.ndarray, loss: np.ndarray, se: np.ndarray | None, centre: int, step: int,
@@ -92,13 +97,13 @@ def summarize_lines(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]
         "complete": not missing, "missing_tiles": missing,
         "points_computed": int((~np.isnan(loss)).sum()), "points_total": int(loss.size),
         "nonfinite_points": int((~finite & ~np.isnan(loss)).sum()),
-        "center": {"coords": [0.0, float(x[centre])], **{m: _num(surface.metrics[m][0, centre]) for m in plain}},
+        "center": {"coords": [0.0, float(x[centre])], **{m: number(surface.metrics[m][0, centre]) for m in plain}},
         "lines": {"count": len(index), "seeds": surface.attrs.get("line_seeds")},
     }
     if finite.any():
         i, j = np.unravel_index(np.nanargmin(np.where(finite, loss, np.nan)), loss.shape)
         out["minimum"] = {"coords": [float(index[i]), float(x[j])],
-                          **{m: _num(surface.metrics[m][i, j]) for m in plain}}
+                          **{m: number(surface.metrics[m][i, j]) for m in plain}}
     sides: dict[str, tuple[list[float], list[float | None]]] = {"plus": ([], []), "minus": ([], [])}
     for line in range(len(index)):
         for name, step in (("plus", 1), ("minus", -1)):
@@ -108,7 +113,7 @@ def summarize_lines(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]
     both = (sides["plus"][0] + sides["minus"][0], sides["plus"][1] + sides["minus"][1])
     out["radius"] = {
         "rise": basin_rise,
-        "per_line": {name: [_num(v) if math.isfinite(v) else None for v in values]
+        "per_line": {name: [number(v) if math.isfinite(v) else None for v in values]
                      for name, (values, _) in sides.items()},
         "per_line_stderr": {name: errors for name, (_, errors) in sides.items()},
         "per_line_open": {name: [math.isinf(v) for v in values] for name, (values, _) in sides.items()},
@@ -117,5 +122,6 @@ def summarize_lines(surface: Surface, basin_rise: float = 0.5) -> dict[str, Any]
     width = [v for v in (np.array(sides["plus"][0]) + np.array(sides["minus"][0])) if np.isfinite(v)]
     out["basin"] = {"rise": basin_rise, "x": {"width": float(np.median(width)) if width else None,
                                               "of": "median over the lines of both radii's sum"}}
-    out["error_bars"] = NO_ERROR_BARS if se is None else "radius errors from the per-point standard errors"
+    out["error_bars"] = ("no per-item values: no error bars" if se is None else
+                         "radius errors from the per-point standard errors")
     return out
