@@ -82,6 +82,13 @@ def test_quadratic_bowl_sweeps_the_analytic_range(tmp_path):
     np.testing.assert_allclose(edge, L0 + (reach / r) ** 2 * (10 * L0 - L0), rtol=1e-5)
     summary = json.loads((tmp_path / store.attrs["config"]["name"] / "summary.json").read_text())
     assert summary["auto_range"] == chosen
+    lines = engine.landscape(model, data, loss=bowl_loss, log=False, **{  # 3 lines: each has the same wall
+        "name": "bowl-lines", "grid": "line", "grid.x": "auto", "grid.resolution": [5], "direction.count": 3,
+        "out_dir": str(tmp_path),
+        "summary.epsilon": None, "summary.adaptive_radius": None, "summary.adaptive_average_radius": None,
+        "plot.enabled": False})
+    assert lines.loss.dims == ("direction", "x") and lines.attrs["auto_range"]["x"]["range"] == [-reach, reach]
+    assert len(lines.attrs["auto_range"]["x"]["plus"]) == 3
 
 
 def test_fixed_ranges_hash_as_before_and_auto_is_refused_where_it_cannot_work(tmp_path):
