@@ -1,8 +1,9 @@
 """The grid stage: the levels to sweep, with grid.x=auto / grid.y=auto resolved before the store is made.
 
-Rank 0 bisects along each axis's directions (engine/sweep/autorange.py) on the eval set, in place, and every rank
-gets its ranges; they go to the console and into the store (attribute auto_range, and summary.json). A run resumed
-on its store reuses the ranges stored there (no bisection), so the resumed grid is the one it started.
+Every rank bisects along each axis's directions (engine/sweep/autorange.py) on the eval set, in place (a sharded
+forward is collective), and every rank takes rank 0's ranges; they go to the console and into the store (attribute
+auto_range, and summary.json). A run resumed on its store reuses the ranges stored there (no bisection), so the
+resumed grid is the one it started.
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def grid_stage(cfg: RunConfig, resolved: dict[str, Any], swept: Swept, env: Dist
     if not auto:
         return make_levels(cfg.grid, cfg.direction.count), None
 
-    def choose() -> dict[str, Any]:
-        return stored_ranges(cfg, resolved, fingerprint) or bisect_ranges(cfg, swept, env, auto)
-
-    record = broadcast_value(env, on_main(env, choose))
+    stored = broadcast_value(env, on_main(env, lambda: stored_ranges(cfg, resolved, fingerprint)))
+    # every rank bisects (a sharded model's forward is collective: the ranks of a group must step together); the
+    # losses and so the steps are the same on each, and rank 0's ranges are the ones every rank takes
+    record = broadcast_value(env, stored or bisect_ranges(cfg, swept, env, auto))
     ranges: dict[str, Any] = {a: list(record[a]["range"]) for a in auto}
     grid = dataclasses.replace(cfg.grid, **ranges)
     line = "; ".join(f"grid.{a}=auto: [{record[a]['range'][0]:g}, {record[a]['range'][1]:g}]" for a in auto)
