@@ -185,12 +185,13 @@ def _xarray() -> Any:
 
 
 def _surface_dataset(store: Path, summary: dict[str, Any]) -> Any:
-    """The store's surfaces as an xarray.Dataset: one variable per metric over x[, y], the summary in attrs."""
+    """The store's surfaces as an xarray.Dataset: one variable per metric over the store's dims (x[, y], or
+    direction and x for N lines), the summary in attrs."""
     from engine.store.read import read_surface
 
     xr = _xarray()
     surface = read_surface(store)
-    dims = ("x", "y")[: len(surface.coords)]
+    dims = tuple(surface.attrs["dims"])  # x[, y]; (direction, x) for N random lines
     variables = {m: (dims, values) for m, values in surface.metrics.items()}
     return xr.Dataset(variables, coords=dict(zip(dims, surface.coords)),
                       attrs={**summary, "store": str(store), "run_dir": str(store.parent)})

@@ -52,6 +52,9 @@ def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip:
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     surfaces = {_store_of(r).parent.name: read_surface(_store_of(r)) for r in runs}
+    lines = [n for n, s in surfaces.items() if s.attrs.get("layout") == "lines"]
+    if lines:
+        raise UserError(f"{lines[0]} holds N random lines, not a surface: compare their summary.json radius instead")
     if len({len(s.coords) for s in surfaces.values()}) != 1:
         raise UserError("cannot compare a 1D line with a 2D plane: " + ", ".join(surfaces))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from engine.app import stages
+from engine.app import autogrid, stages
 from engine.app.provenance import ranks_and_devices, write_provenance
 from engine.app.row_load import deferred_writer, reads_rows, row_directions, row_model, row_target
 from engine.config.cross import check_combination
@@ -30,7 +30,7 @@ from engine.directions.vectors import PerturbedTensors, perturbed
 from engine.sources.data import load_data
 from engine.sources.losses import Loss
 from engine.sources.splits import AnySplit
-from engine.store.grid import make_levels
+from engine.store.grid import make_levels, shape_only
 from engine.store.tiles import Work
 
 if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
@@ -70,8 +70,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
     with process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
         group = stages.shard_stage(cfg, env)  # parallel.shard's mesh, before anything is loaded or written
-        levels = make_levels(cfg.grid)
-        plan = levels[""]
+        plan = make_levels(shape_only(cfg.grid), cfg.direction.count)[""]  # its shape; grid.x=auto is resolved below
         memory = StageMemory(env.device)
         rows: Rows | None = None
         by_rows, load_note = reads_rows(cfg, group, given is None)
@@ -105,11 +104,15 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                                                data.train if data is not None else given.train if given else None)
                 fingerprint = stages.agree_across_ranks(env, model, made)
         release_freed_memory()  # the raw draws and hashing buffers: only the directions stay
+        levels, auto = autogrid.grid_stage(cfg, resolved, autogrid.Swept(model, target, made, split, loss), env,
+                                           fingerprint, say)
+        plan = levels[""]
         note = stages.trajectory_note(made, plan)
         if note:
             say(note)
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics, rows)
+            spec.attrs.update(autogrid.layout_attrs(cfg, auto))
             writer = None if group is None or rows is None else deferred_writer(made, rows, group)
             store = held.enter_context(stages.held_store(cfg, resolved, spec, env, writer))
             spec.directions = []  # written: the store's lease keeps the spec, not the directions (a sharded run

@@ -18,7 +18,7 @@ from engine.config.cross import whole_load_reason
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv
 from engine.core.memory import StageMemory
-from engine.store.grid import make_levels
+from engine.store.grid import make_levels, shape_only
 
 GB = 1e9
 
@@ -99,7 +99,7 @@ def measure(cfg: RunConfig, points: int) -> Measured:
         loss = stages.loss_stage(cfg, model, split, env)
         d = cfg.direction
         target = perturbed(model, d.over, d.include, d.exclude, d.frozen)
-    plan = make_levels(cfg.grid)[""]
+    plan = make_levels(shape_only(cfg.grid), cfg.direction.count)[""]
     with memory.stage("directions"):
         made = stages.directions_stage(cfg, model, target, plan, [], env, loss)
     batch_size = cfg.eval.batch_size or stages.SHARDED_BATCH
@@ -127,8 +127,8 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
     params, has_weights = count_parameters(cfg)
     model_bytes = torch.empty(0, dtype=getattr(torch, cfg.model.dtype)).element_size()
     direction_bytes = torch.empty(0, dtype=getattr(torch, cfg.direction.dtype)).element_size()
-    levels = make_levels(cfg.grid)
-    count = levels[""].ndim
+    levels = make_levels(shape_only(cfg.grid), cfg.direction.count)
+    count = cfg.direction.count if cfg.direction.count > 1 else levels[""].ndim
     tiles = sum(math.prod(p.tile_grid) for p in levels.values())
     tile_points = math.prod(levels[""].tile)
     total = sum(math.prod(p.shape) for p in levels.values())

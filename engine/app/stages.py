@@ -38,6 +38,7 @@ from engine.directions.curves import check_batchnorm
 from engine.directions.factory import make_directions
 from engine.directions.kinds import Directions
 from engine.directions.kinds import in_dtype as directions_in_dtype
+from engine.directions.lines import check_lines_fit
 from engine.directions.trajectory import list_checkpoints
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches, device_batches, eval_batches
@@ -237,6 +238,8 @@ def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors,
         return hessian_directions(model, target.tensors, hvp_batches, cfg.hessian, env, ndim,
                                   loss or make_loss(cfg.loss), progress=cfg.eval.progress and env.is_main)
 
+    if cfg.direction.count > 1:
+        check_lines_fit(cfg.direction, target, cfg.eval.memory_gb)
     made = make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
                            progress=cfg.eval.progress and env.is_main, curve_bends=curve_bends)
     return directions_in_dtype(made, getattr(torch, cfg.direction.dtype))

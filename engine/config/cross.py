@@ -3,7 +3,7 @@ trained (each group's own values are checked by its dataclass in schema.py)."""
 
 from __future__ import annotations
 
-from engine.config.schema import RunConfig
+from engine.config.schema import AUTO, RunConfig
 from engine.core.errors import UserError
 
 LINE_KINDS = ("interpolation",)  # direction kinds that are a 1D sweep
@@ -32,6 +32,16 @@ def check_combination(cfg: RunConfig) -> None:
     if cfg.hessian.matrix == "ggn" and cfg.loss.name == "custom":
         raise UserError("hessian.matrix=ggn needs a loss of the model's output (cross_entropy, mse or causal_lm); "
                         "loss=custom computes its value inside its own function: use hessian.matrix=hessian")
+    if d.count > 1 and (d.kind != "random" or ndim != 1):
+        raise UserError(f"direction.count={d.count} draws that many random lines: use direction=random grid=line "
+                        f"(now direction={d.kind}, a {ndim}D grid)")
+    auto = [axis for axis in "xy"[:ndim] if getattr(cfg.grid, axis) == AUTO]
+    if auto and d.kind not in ("random", "hessian", "file"):
+        raise UserError(f"grid.{auto[0]}=auto bisects along normalized directions; direction={d.kind} keeps the "
+                        f"checkpoints' own scale: give grid.{auto[0]}=[min,max]")
+    if auto and e.recalibrate_bn:
+        raise UserError(f"grid.{auto[0]}=auto bisects with the stored BatchNorm statistics; with "
+                        f"eval.recalibrate_bn give grid.{auto[0]}=[min,max]")
     shard = cfg.parallel.shard
     for on, key, why in ((cfg.hessian.curvature, "hessian.curvature", "Hessian-vector products at every point"),
                          (e.recalibrate_bn, "eval.recalibrate_bn", "BatchNorm statistics recomputed at every point"),
@@ -60,6 +70,8 @@ def whole_load_reason(cfg: RunConfig) -> str | None:
         return "the model is trained first (give model.checkpoint=<file>)"
     if not m.checkpoint and m.kwargs:
         return "model.kwargs are from_pretrained arguments"
+    if d.count > 1:
+        return f"direction.count={d.count} lines are drawn whole, one seed each"
     if d.kind not in ROW_KINDS:
         return f"direction={d.kind} is made from whole tensors (row by row: {', '.join(ROW_KINDS)})"
     if cfg.hessian.spectrum:

@@ -23,6 +23,7 @@ REWRITES = ("fold_batchnorm", "in_place", "input_products", "transposed_head", "
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+AUTO = "auto"  # grid.x / grid.y: the range is found by bisection before the sweep
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -164,8 +165,13 @@ class DirectionConfig:
     curve_epochs: int = 30  # epochs over the training split minimizing the loss at one t ~ U(0, 1) per step
     curve_lr: float = 0.05  # SGD learning rate of the bends (momentum 0.9, cosine schedule)
     curve_batch_size: int = 64  # training samples per step of the curve
+    # random with grid=line: N independent lines in one store (a direction axis by a distance axis); line i is drawn
+    # from seed + i, so it is the single line of a run with direction.seed=seed+i (engine/directions/lines.py)
+    count: int = 1
 
     def __post_init__(self) -> None:
+        if self.count < 1:
+            raise UserError(f"direction.count={self.count} must be >= 1 (the number of random lines)")
         _check_choice("direction.kind", self.kind,
                       ("random", "file", "hessian", "interpolation", "plane", "pca", "curve"))
         _check_choice("direction.curve", self.curve, ("bezier", "polychain"))
@@ -196,10 +202,12 @@ class GridConfig:
     """Coordinates swept along each direction: one entry of resolution per axis (1D line or 2D plane)."""
 
     resolution: list[int] = field(default_factory=lambda: [41, 41])  # points per axis
-    x: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 1
-    y: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D)
+    # [min, max] along direction 1, or auto: found by bisection before the sweep (engine/sweep/autorange.py)
+    x: Any = field(default_factory=lambda: [-1.0, 1.0])
+    y: Any = field(default_factory=lambda: [-1.0, 1.0])  # [min, max] along direction 2 (2D), or auto
     tile: list[int] = field(default_factory=lambda: [14, 14])  # points per tile (= Zarr chunk) per axis
     preview: int = 4  # stride of a coarse preview plane swept first (0: none), so a stopped run still shows one
+    auto_rise: float = 10.0  # auto: sweep out to where the loss reaches max(auto_rise x centre, centre + basin_rise)
 
     def __post_init__(self) -> None:
         if len(self.resolution) not in (1, 2):
@@ -208,9 +216,17 @@ class GridConfig:
             if n < 1:
                 raise UserError(f"grid.resolution: {n} points along {axis}; give at least 1")
         for axis in "xy"[: len(self.resolution)]:
-            lo_hi = list(getattr(self, axis))
+            value = getattr(self, axis)
+            if value == AUTO:
+                continue
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise UserError(f"grid.{axis}={value!r} is neither [min, max] nor {AUTO}")
+            lo_hi = [float(v) for v in value]
             if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
                 raise UserError(f"grid.{axis}={lo_hi} is an empty or inverted range; give [min, max] with min < max")
+            setattr(self, axis, lo_hi)
+        if not self.auto_rise > 1:
+            raise UserError(f"grid.auto_rise={self.auto_rise} must be > 1 (the factor the loss rises by at the edge)")
         if self.preview < 0:
             raise UserError(f"grid.preview={self.preview} must be >= 0 (0 turns the coarse preview off)")
         if len(self.tile) < len(self.resolution) or min(self.tile) < 1:
@@ -445,12 +461,16 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "direction.curve": "bezier", "direction.bends": 1, "direction.curve_epochs": 30, "direction.curve_lr": 0.05,
     "direction.curve_batch_size": 64,
     "track": None,
+    "direction.count": 1, "grid.auto_rise": 10.0,
 }
 
 
 def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that determines a store's values, as a flat {dotted key: value}."""
     flat = {k: v for k, v in _flatten(cfg).items() if k not in ADDED_DEFAULTS or ADDED_DEFAULTS[k] != v}
+    for key in ("grid.x", "grid.y"):  # typed Any since grid.x=auto: [-1, 1] hashes as [-1.0, 1.0] did
+        if isinstance(flat.get(key), list):
+            flat[key] = [float(v) for v in flat[key]]
     keep = {k: v for k, v in flat.items() if any(k == r or k.startswith(r + ".") for r in RESULT_KEYS)}
     if cfg.get("model", {}).get("checkpoint"):
         keep = {k: v for k, v in keep.items() if not k.startswith("train.")}

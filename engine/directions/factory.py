@@ -13,6 +13,7 @@ from torch import nn
 from engine.config.schema import DirectionConfig
 from engine.directions import checkpoints, curves
 from engine.directions.kinds import Directions
+from engine.directions.lines import line_directions
 from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, random_raw
 from engine.sources.checkpoints import State, load_state
 
@@ -43,6 +44,8 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
     if d.kind == "pca":
         folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
         return checkpoints.pca(folder, model, target.names, theta, in_log, progress)
+    if d.kind == "random" and d.count > 1:
+        return line_directions(d, target)
     coordinates = target.coordinates()
     if d.kind == "random":
         raw = random_raw(coordinates, ndim, d.seed)

@@ -44,6 +44,10 @@ def draw(store_path: str | Path, out_dir: str | Path, plot: PlotConfig | None = 
     surface, state = surface_to_draw(store_path)
     conf = surface.attrs["config"]
     title = f"{conf['model']['name']} on {conf['data']['name']} ({conf['direction']['norm']}-normalized){state}"
+    if surface.attrs.get("layout") == "lines":  # N random lines: curves and radii, no surface or page
+        from engine.figures.lines import draw_lines
+
+        return draw_lines(surface, out_dir, plot, title, conf.get("summary", {}).get("basin_rise", 0.5))
     markers = surface.attrs.get("markers") or {"theta*": [0.0 for _ in surface.coords]}
     markers = {name: tuple(point) for name, point in markers.items()}
     chosen = None if metrics is None else {"loss", *metrics}  # a chosen metric's standard errors come with it

@@ -43,6 +43,9 @@ def export_vtk(store_path_or_run: str | Path, out_dir: str | Path, *, log: bool 
     (z on a plane, y on a line) is the loss, or log10 of it with log."""
     store = store_path(store_path_or_run)
     surface, _ = complete_surface(store)
+    if surface.attrs.get("layout") == "lines":
+        raise UserError(f"{store} holds {len(surface.coords[0])} random lines, not a surface: landscape-export writes "
+                        "planes and single lines; read the lines with xarray.open_zarr or landscape-plot")
     names = select_metrics(surface, metrics, store)
     trajectory = read_array(store, "trajectory/coords") if len(surface.coords) == 2 else None
     loss = surface.metrics["loss"]

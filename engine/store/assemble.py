@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.curvature.sharpness import surface_sharpness, valley_asymmetry
 from engine.store.barrier import barriers, is_path
+from engine.store.lines import summarize_lines
 from engine.store.read import Surface, read_surface
 
 NO_ERROR_BARS = "no per-item values: no error bars"  # summary.json's error_bars for a store without standard errors
@@ -216,7 +217,12 @@ def assemble(store_path: str | Path, basin_rise: float = 0.5, out: str | Path | 
     from engine.store.spectra import read_spectrum
 
     surface = read_surface(store_path)
-    summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
+    if surface.attrs.get("layout") == "lines":  # N random lines: the radius distribution (engine/store/lines.py)
+        summary = {"store": str(store_path), **summarize_lines(surface, basin_rise)}
+    else:
+        summary = {"store": str(store_path), **summarize(surface, basin_rise, sharpness_radius)}
+    if "auto_range" in surface.attrs:  # grid.x=auto: the ranges chosen and how (engine/app/autogrid.py)
+        summary["auto_range"] = surface.attrs["auto_range"]
     spectrum = read_spectrum(store_path)
     if spectrum is not None:
         summary["spectrum"] = spectrum.numbers()

@@ -7,14 +7,17 @@ thus already has a complete coarse plane, and the full plane fills in evenly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from engine.config.schema import GridConfig
+from engine.config.schema import AUTO, GridConfig
 
 AXES = ("x", "y")
+LINES_AXES = ("direction", "x")  # N random lines: the line's index by the distance along it
 PREVIEW = "preview"
 
 
@@ -24,6 +27,7 @@ class GridPlan:
 
     coords: tuple[np.ndarray, ...]
     tile: tuple[int, ...]
+    names: tuple[str, ...] = ()  # the axes' names when not x, y (N lines: LINES_AXES)
 
     @property
     def ndim(self) -> int:
@@ -40,7 +44,7 @@ class GridPlan:
 
     @property
     def dims(self) -> tuple[str, ...]:
-        return AXES[: self.ndim]
+        return self.names or AXES[: self.ndim]
 
     def tiles(self) -> list[tuple[int, ...]]:
         """Every tile index, coarse to fine: a tile at a shallower subdivision level of any axis comes first."""
@@ -85,26 +89,37 @@ def midpoint_order(n: int) -> list[int]:
     return order
 
 
-def make_plan(cfg: GridConfig) -> GridPlan:
-    """Evenly spaced coordinates from min to max inclusive along each axis (the midpoint for 1 point)."""
+def make_plan(cfg: GridConfig, lines: int = 1) -> GridPlan:
+    """Evenly spaced coordinates from min to max inclusive along each axis (the midpoint for 1 point); `lines` > 1
+    random lines of a 1D grid make a (direction index, x) grid whose tiles each cover part of one line."""
     ndim = len(cfg.resolution)
     ranges = (cfg.x, cfg.y)[:ndim]
+    if AUTO in ranges:
+        raise ValueError("grid.x/grid.y=auto: resolve the range first (engine.sweep.autorange.resolve_grid)")
     coords = tuple(
         np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2]) for (lo, hi), n in zip(ranges, cfg.resolution)
     )
     tile = tuple(min(t, n) for t, n in zip(cfg.tile[:ndim], cfg.resolution))
+    if lines > 1:
+        return GridPlan((np.arange(lines, dtype=np.float64), *coords), (1, *tile), LINES_AXES)
     return GridPlan(coords, tile)
 
 
-def make_levels(cfg: GridConfig) -> dict[str, GridPlan]:
+def make_levels(cfg: GridConfig, lines: int = 1) -> dict[str, GridPlan]:
     """The levels to sweep, coarse first: {'preview': every cfg.preview-th point, '': the full grid}.
 
     The preview is left out when it is off or would not be smaller than a quarter of the grid per axis.
     """
-    full = make_plan(cfg)
+    full = make_plan(cfg, lines)
     s = cfg.preview
     if s < 2 or any(n < 4 * s for n in full.shape):
         return {"": full}
     coords = tuple(c[::s] for c in full.coords)
     tile = tuple(min(t, len(c)) for t, c in zip(full.tile, coords))
-    return {PREVIEW: GridPlan(coords, tile), "": full}
+    return {PREVIEW: GridPlan(coords, tile, full.names), "": full}
+
+
+def shape_only(cfg: GridConfig) -> GridConfig:
+    """The grid with an auto range replaced by [-1, 1]: for what needs only its shape (planning, timing)."""
+    ranges: dict[str, Any] = {a: [-1.0, 1.0] for a in "xy" if getattr(cfg, a) == AUTO}
+    return dataclasses.replace(cfg, **ranges)
