@@ -157,8 +157,15 @@ class DirectionConfig:
     exclude: list[str] = field(default_factory=list)  # regexes over parameter names: never moved
     frozen: bool = False  # also move parameters with requires_grad=False (off: frozen ones stay at theta*)
     dtype: str = "float32"  # float32 | bfloat16 | float16: the directions as held in memory (bfloat16 halves them)
+    # none | weights: permute B's (and C's) hidden units to match A's by weight matching (Ainsworth et al. 2023)
+    # before the line or plane is built; kind=interpolation and plane only; the aligned B is saved in the run folder
+    align: str = "none"
 
     def __post_init__(self) -> None:
+        _check_choice("direction.align", self.align, ("none", "weights"))
+        if self.align != "none" and self.kind not in ("interpolation", "plane"):
+            raise UserError(f"direction.align={self.align} permutes other checkpoints onto theta*: use it with "
+                            f"direction=interpolation or direction=plane, not direction={self.kind}")
         _check_choice("direction.kind", self.kind, ("random", "file", "hessian", "interpolation", "plane", "pca"))
         if self.kind in ("interpolation", "plane", "pca") and (self.norm, self.ignore) != ("none", "none"):
             raise UserError(f"direction.kind={self.kind} keeps the checkpoints' own geometry: set direction.norm=none "
@@ -410,7 +417,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "data.root": None, "data.download": False, "data.preset": "imagenet", "data.image_size": 224, "data.path": None,
     "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128, "data.label_field": None,
     "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
-    "direction.include": [], "direction.exclude": [], "direction.frozen": False,
+    "direction.include": [], "direction.exclude": [], "direction.frozen": False, "direction.align": "none",
     "model.dtype": "float32", "direction.dtype": "float32",
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
 }

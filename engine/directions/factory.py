@@ -28,10 +28,11 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
     """
     theta, logged = target.theta, target.logged
     in_log = {n for n, m in zip(target.names, logged) if m}
+    aligned_to = run_dir if d.align == "weights" else None  # the aligned B (and C) are saved there
     if d.kind == "interpolation":
-        return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log)
+        return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log, aligned_to)
     if d.kind == "plane":
-        return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log)
+        return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log, aligned_to)
     if d.kind == "pca":
         folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
         return checkpoints.pca(folder, model, target.names, theta, in_log, progress)
