@@ -80,14 +80,14 @@ def permuted(request):
 
 
 def test_a_permuted_copy_computes_the_same_function(permuted):
-    model, x, spec, perms, state = permuted
+    model, x, _, perms, state = permuted
     assert any(not torch.equal(p, torch.arange(len(p))) for p in perms)
     assert any(not torch.equal(state[k], v) for k, v in model.state_dict().items())
     torch.testing.assert_close(_logits(_with_state(model, state), x), _logits(model, x), rtol=0, atol=1e-6)
 
 
 def test_matching_a_permuted_copy_gives_back_the_identity_and_the_model(permuted):
-    model, _, spec, perms, state = permuted
+    model, _, _, perms, state = permuted
     found = match_weights(model, state)
     for random, back in zip(perms, found.perms):
         assert torch.equal(random[back], torch.arange(len(random)))  # permuted, then matched: the identity
