@@ -70,6 +70,8 @@ def whole_load_reason(cfg: RunConfig) -> str | None:
         return "the model is trained first (give model.checkpoint=<file>)"
     if not m.checkpoint and m.kwargs:
         return "model.kwargs are from_pretrained arguments"
+    if d.align != "none":
+        return f"direction.align={d.align} matches whole weight matrices"
     if d.count > 1:
         return f"direction.count={d.count} lines are drawn whole, one seed each"
     if d.kind not in ROW_KINDS:

@@ -168,8 +168,15 @@ class DirectionConfig:
     # random with grid=line: N independent lines in one store (a direction axis by a distance axis); line i is drawn
     # from seed + i, so it is the single line of a run with direction.seed=seed+i (engine/directions/lines.py)
     count: int = 1
+    # none | weights: permute B's (and C's) hidden units to match A's by weight matching (Ainsworth et al. 2023)
+    # before the line, plane or curve is built; the aligned B is saved in the run folder
+    align: str = "none"
 
     def __post_init__(self) -> None:
+        _check_choice("direction.align", self.align, ("none", "weights"))
+        if self.align != "none" and self.kind not in ("interpolation", "plane", "curve"):
+            raise UserError(f"direction.align={self.align} permutes other checkpoints onto theta*: use it with "
+                            f"direction=interpolation, plane or curve, not direction={self.kind}")
         if self.count < 1:
             raise UserError(f"direction.count={self.count} must be >= 1 (the number of random lines)")
         _check_choice("direction.kind", self.kind,
@@ -455,7 +462,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "data.root": None, "data.download": False, "data.preset": "imagenet", "data.image_size": 224, "data.path": None,
     "data.text_field": "text", "data.tokenizer": None, "data.block_size": 128, "data.label_field": None,
     "loss.name": "cross_entropy", "loss._target_": None, "loss.kwargs": {},
-    "direction.include": [], "direction.exclude": [], "direction.frozen": False,
+    "direction.include": [], "direction.exclude": [], "direction.frozen": False, "direction.align": "none",
     "model.dtype": "float32", "direction.dtype": "float32",
     "hessian.matrix": "hessian", "hessian.blocks": None, "hessian.tolerance": 1e-2,
     "direction.curve": "bezier", "direction.bends": 1, "direction.curve_epochs": 30, "direction.curve_lr": 0.05,

@@ -15,7 +15,7 @@ from engine.directions import checkpoints, curves
 from engine.directions.kinds import Directions
 from engine.directions.lines import line_directions
 from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, random_raw
-from engine.sources.checkpoints import State, load_state
+from engine.sources.checkpoints import State
 
 HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim Hessian eigenvectors at theta*
 CurveBends = Callable[[State], list[State]]  # model B -> the trained bends of the curve from theta* to B
@@ -32,14 +32,15 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
     """
     theta, logged = target.theta, target.logged
     in_log = {n for n, m in zip(target.names, logged) if m}
+    aligned_to = run_dir if d.align == "weights" else None  # the aligned B (and C) are saved there
     if d.kind == "interpolation":
-        return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log)
+        return checkpoints.interpolation(d.checkpoints[0], model, target.names, theta, in_log, aligned_to)
     if d.kind == "plane":
-        return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log)
+        return checkpoints.plane(list(d.checkpoints), model, target.names, theta, in_log, aligned_to)
     if d.kind == "curve":
         if curve_bends is None:
             raise ValueError("direction=curve needs curve_bends")
-        end = load_state(d.checkpoints[0], model)
+        end = checkpoints.other_state(d.checkpoints[0], model, "B", aligned_to)
         return curves.curve_directions(d.curve, ndim, target.names, theta, end, curve_bends(end))
     if d.kind == "pca":
         folder = Path(d.trajectory) if d.trajectory else run_dir / "checkpoints"
