@@ -29,7 +29,8 @@ def draw_lines(surface: Surface, out_dir: str | Path, plot: PlotConfig, title: s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loss, x = surface.metrics["loss"], surface.coords[1]
-    shown = np.ma.filled(prepare(loss, plot.clip, plot.log_scale), np.nan)
+    shown = np.where(np.isfinite(loss), loss, np.nan)  # the curves as computed: a wall leaves the frame at the cap
+    cap = float(np.nanmax(np.ma.filled(prepare(loss, plot.clip, plot.log_scale), np.nan)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in shown:
         ax.plot(x, row, color="tab:blue", alpha=max(0.08, min(0.6, 4 / len(shown))), lw=0.8)
@@ -42,6 +43,9 @@ def draw_lines(surface: Surface, out_dir: str | Path, plot: PlotConfig, title: s
                label=f"centre + {rise:g} (basin radius)")
     if plot.log_scale:
         ax.set_yscale("log")
+    low = float(np.nanmin(shown))
+    ax.set_ylim(low / 1.1 if plot.log_scale else low - 0.03 * (cap - low), cap * 1.1 if plot.log_scale else
+                cap + 0.03 * (cap - low))  # the walls beyond plot.clip (or the automatic cap) run off the top
     ax.set(xlabel="distance along each filter-normalized direction", ylabel="loss",
            title=f"{title}\n{len(loss)} random lines")
     ax.legend(fontsize=8)
