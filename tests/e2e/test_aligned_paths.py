@@ -75,5 +75,6 @@ def test_aligned_plane_saves_b_and_c_and_marks_all_three(pair):
 
 
 def test_align_needs_other_checkpoints(tmp_path):
-    with pytest.raises(UserError, match=r"direction.align=weights .* direction=interpolation or direction=plane"):
+    refusal = r"direction.align=weights .* direction=interpolation, plane or curve, not direction=random"
+    with pytest.raises(UserError, match=refusal):
         make_cfg(tmp_path, "direction.align=weights")
