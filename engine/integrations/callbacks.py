@@ -80,6 +80,24 @@ class TrajectoryRecorder:
                 log_run(self.run_dir, tracker, step=step)
 
 
+class RecorderViews:
+    """What a landscape callback shows of its TrajectoryRecorder: the sweep's result, its run folder, the weights'."""
+
+    recorder: TrajectoryRecorder
+
+    @property
+    def result(self) -> Any:
+        return self.recorder.result
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.recorder.run_dir
+
+    @property
+    def directory(self) -> Path | None:
+        return self.recorder.directory
+
+
 def criterion_of(module: nn.Module) -> Any:
     """The torch loss a module keeps as criterion / loss_fn / loss_func / loss, as the engine's loss (a plain
     CrossEntropyLoss or MSELoss as the built-in one), or None when it keeps none."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from engine.core.errors import UserError
 from engine.core.imports import require
-from engine.integrations.callbacks import TrajectoryRecorder
+from engine.integrations.callbacks import RecorderViews, TrajectoryRecorder
 
 TrainerCallback: Any = require("transformers", "engine.integrations.hf").TrainerCallback
 
@@ -38,7 +38,7 @@ def model_loss(model: nn.Module) -> str:
     return "cross_entropy"
 
 
-class LandscapeCallback(TrainerCallback):
+class LandscapeCallback(RecorderViews, TrainerCallback):
     """Saves the weights every `every_n_epochs` epochs and/or `every_n_steps` steps (rank 0, float32, with epoch
     and step) under `directory` (default <output_dir>/landscape/trajectory); when training ends, sweeps the
     trajectory's PCA plane (or the direction kind in `settings`) on `data` ("eval": the Trainer's eval loader, or any
@@ -50,18 +50,6 @@ class LandscapeCallback(TrainerCallback):
                  **settings: Any) -> None:
         self.recorder = TrajectoryRecorder(every_n_epochs, every_n_steps, directory, sweep_at_end, data, settings)
         self.trackers: list[Any] = []
-
-    @property
-    def result(self) -> Any:
-        return self.recorder.result
-
-    @property
-    def run_dir(self) -> Path | None:
-        return self.recorder.run_dir
-
-    @property
-    def directory(self) -> Path | None:
-        return self.recorder.directory
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.recorder.place(args.output_dir)

@@ -16,7 +16,7 @@ from torch import nn
 
 from engine.core.errors import UserError
 from engine.core.imports import require
-from engine.integrations.callbacks import TrajectoryRecorder, criterion_of
+from engine.integrations.callbacks import RecorderViews, TrajectoryRecorder, criterion_of
 
 Callback: Any = require("lightning.pytorch", "engine.integrations.lightning").Callback
 
@@ -24,7 +24,7 @@ LOGGERS = ("TensorBoardLogger", "MLFlowLogger", "WandbLogger")  # the trainer's 
 SPLITS = ("val", "train", "test")
 
 
-class LandscapeCallback(Callback):
+class LandscapeCallback(RecorderViews, Callback):
     """Saves the weights every `every_n_epochs` epochs and/or `every_n_steps` steps (rank 0, float32, with epoch
     and step) under `directory`; when training ends, sweeps the trajectory's PCA plane (or the direction kind in
     `settings`: the engine's dotted keys) on the `data` split ("val", "train", "test", or any eval set
@@ -38,18 +38,6 @@ class LandscapeCallback(Callback):
         if isinstance(data, str) and data not in SPLITS:
             raise UserError(f"LandscapeCallback(data={data!r}): give one of {', '.join(SPLITS)} or an eval set")
         self.recorder = TrajectoryRecorder(every_n_epochs, every_n_steps, directory, sweep_at_end, data, settings)
-
-    @property
-    def result(self) -> Any:
-        return self.recorder.result
-
-    @property
-    def run_dir(self) -> Path | None:
-        return self.recorder.run_dir
-
-    @property
-    def directory(self) -> Path | None:
-        return self.recorder.directory
 
     def setup(self, trainer: Any, pl_module: nn.Module, stage: str) -> None:
         self.recorder.place(trainer.default_root_dir)

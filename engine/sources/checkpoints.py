@@ -29,12 +29,18 @@ def read_checkpoint(path: str | Path, model: nn.Module) -> tuple[State, Any]:
     except Exception as err:
         raise UserError(f"checkpoint {path} cannot be read as a torch checkpoint ({type(err).__name__}); "
                         "give a .pt file written by torch.save") from None
+    state = state_of(blob, path)
+    check_state_fits(model, state, str(path))
+    return state, blob
+
+
+def state_of(blob: Any, path: str | Path) -> State:
+    """The state dict in a loaded checkpoint (`{'state_dict': ...}` or bare), or a one-line refusal naming path."""
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} holds no state_dict of tensors; save model.state_dict() "
                         "or {'state_dict': model.state_dict()}")
-    check_state_fits(model, state, str(path))
-    return state, blob
+    return state
 
 
 def read_safetensors(path: Path) -> State:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import UserError
+from engine.sources.checkpoints import state_of
 
 
 @contextmanager
@@ -62,11 +63,7 @@ class RowReader:
             except Exception as err:
                 raise UserError(f"checkpoint {self.path} cannot be memory-mapped ({type(err).__name__}: a file written "
                                 "by torch.save in its default format is); set parallel.load=whole") from None
-            state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise UserError(f"checkpoint {self.path} holds no state_dict of tensors; save model.state_dict() "
-                                "or {'state_dict': model.state_dict()}")
-            self._state = state
+            self._state = state_of(blob, self.path)
 
     def _keys(self, file: Path) -> list[str]:
         return list(self._open(file).keys())

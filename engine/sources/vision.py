@@ -36,17 +36,9 @@ def build_torchvision_model(cfg: ModelConfig) -> nn.Module:
     """torchvision.models.get_model(model.arch, weights=None, **model.kwargs), with randomly initialized weights (a
     pretrained backbone's default download switched off too)."""
     tv = _torchvision("model=torchvision")
-    arch, names = str(cfg.arch), tv.models.list_models()
-    if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=3)
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise UserError(f"model.arch={arch!r} is not a torchvision.models architecture{hint}; set model.arch to a "
-                        "name in torchvision.models.list_models()")
-    kwargs = dict(cfg.kwargs)
-    asked = [key for key in DOWNLOADING if kwargs.pop(key, None) not in (None, False)]
-    if asked:
-        raise UserError(f"model.kwargs.{asked[0]} would download weights; nothing is downloaded here: give a local "
-                        "state-dict file as model.checkpoint=<path>")
+    arch = known_architecture(cfg, tv.models.list_models(), "torchvision.models",
+                              "torchvision.models.list_models()")
+    kwargs = offline_kwargs(cfg, DOWNLOADING)
     if "weights_backbone" in inspect.signature(tv.models.get_model_builder(arch)).parameters:
         kwargs["weights_backbone"] = None  # detection/segmentation builders fetch an ImageNet backbone by default
     try:
@@ -54,6 +46,29 @@ def build_torchvision_model(cfg: ModelConfig) -> nn.Module:
     except (TypeError, ValueError, AssertionError) as err:  # an unknown argument, or a value it refuses
         raise UserError(f"model.kwargs={dict(cfg.kwargs)} do not fit torchvision.models.{arch} ({_one_line(err)}); "
                         "give only arguments of its builder (e.g. num_classes)") from None
+
+
+def known_architecture(cfg: ModelConfig, names: list[str], library: str, lister: str) -> str:
+    """model.arch if it is one of the library's architecture names (listed by `lister`), else a one-line refusal
+    with the closest names."""
+    arch = str(cfg.arch)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UserError(f"model.arch={arch!r} is not a {library} architecture{hint}; set model.arch to a name in "
+                        f"{lister}")
+    return arch
+
+
+def offline_kwargs(cfg: ModelConfig, downloading: tuple[str, ...]) -> dict[str, Any]:
+    """model.kwargs without the builder arguments that would fetch weights (left unset or off), or a one-line
+    refusal of the first one set: weights come from model.checkpoint."""
+    kwargs = dict(cfg.kwargs)
+    asked = [key for key in downloading if kwargs.pop(key, None) not in (None, False)]
+    if asked:
+        raise UserError(f"model.kwargs.{asked[0]} would download weights; nothing is downloaded here: give a local "
+                        "state-dict file as model.checkpoint=<path>")
+    return kwargs
 
 
 def load_vision_data(cfg: DataConfig) -> DataBundle:
