@@ -26,7 +26,7 @@ from engine.sources.splits import AnySplit
 from engine.store.grid import GridPlan, make_levels
 from engine.store.layout import store_attrs
 from engine.sweep.autorange import axis_range, target_loss
-from engine.sweep.perturb import Perturber
+from engine.sweep.runner import make_perturber
 
 AUTO_RANGE = "auto_range"  # the store's attribute holding the chosen ranges and how they were found
 
@@ -92,7 +92,7 @@ def bisect_ranges(cfg: RunConfig, swept: Swept, env: DistEnv, auto: list[str]) -
     batches = eval_batches(swept.split, batch_size, env.device, e.cache, e.memory_gb, e.workers)
     made, target = swept.made, swept.target
     count = len(made.directions)
-    perturber = Perturber(target.tensors, made.directions, made.end, logged=target.logged)
+    perturber = make_perturber(cfg, swept.model, target.tensors, made.directions, made.end, logged=target.logged)
 
     def loss_at(coefficients: np.ndarray) -> float:
         perturber.set(tuple(float(c) for c in coefficients))

@@ -34,10 +34,11 @@ class Measured:
 
 
 def per_rank_bytes(params: int, model_bytes: int, direction_bytes: int, count: int, shard: int,
-                   activations: int = 0) -> float:
-    """Bytes a rank holds while it sweeps: its 1/S of the model, of theta* (kept in the model's dtype) and of the
-    `count` directions, plus one batch's activations (not sharded: each rank runs whole batches)."""
-    return params * (2 * model_bytes + count * direction_bytes) / shard + activations
+                   activations: int = 0, theta_copy: bool = True) -> float:
+    """Bytes a rank holds while it sweeps: its 1/S of the model, of theta* (a copy in the model's dtype, unless the
+    weights are made on access) and of the `count` directions, plus one batch's activations (not sharded: each rank
+    runs whole batches)."""
+    return params * ((1 + theta_copy) * model_bytes + count * direction_bytes) / shard + activations
 
 
 def clock(seconds: float) -> str:
@@ -82,7 +83,7 @@ def measure(cfg: RunConfig, points: int) -> Measured:
     from engine.sources.data import load_data
     from engine.sources.losses import evaluate
     from engine.sources.models import build_model
-    from engine.sweep.perturb import Perturber
+    from engine.sweep.runner import make_perturber
     from engine.sweep.vectorized import activation_bytes
 
     device = torch.device("cuda" if cfg.eval.device == "auto" and torch.cuda.is_available() else
@@ -105,7 +106,7 @@ def measure(cfg: RunConfig, points: int) -> Measured:
     batch_size = cfg.eval.batch_size or stages.SHARDED_BATCH
     with memory.stage("sweep"):
         batches = eval_batches(split, batch_size, device, cfg.eval.cache, cfg.eval.memory_gb, cfg.eval.workers)
-        perturber = Perturber(target.tensors, made.directions, made.end, logged=target.logged)
+        perturber = make_perturber(cfg, model, target.tensors, made.directions, made.end, logged=target.logged)
         grid = np.stack(np.meshgrid(*plan.coords, indexing="ij"), -1).reshape(-1, plan.ndim)
         chosen = coefficients_at(made.coefficients, grid[np.linspace(0, len(grid) - 1, points + 1).round().astype(int)],
                                  len(made.directions))
@@ -136,29 +137,34 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
              f"{cfg.direction.dtype}; grid {'x'.join(map(str, levels[''].shape))}: {total} points in {tiles} tile(s) "
              f"(preview included)"]
     measured = measure(cfg, points) if has_weights else None
+    copy = cfg.eval.perturb == "in_place"  # on_access (S = 1 only): the weights are theta*, no copy of it
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.eval.device != "cpu" else "cpu")
     acts = measured.activation_bytes if measured else 0
     if measured is None:
         lines.append("no weights in model.path: memory from the formula alone (activations not counted), no timing")
     else:
-        formula = per_rank_bytes(params, model_bytes, direction_bytes, count, 1, acts)
+        formula = per_rank_bytes(params, model_bytes, direction_bytes, count, 1, acts, copy)
         lines.append(f"measured on this {device.type} (1 process, batch {measured.batch_size}): "
                      f"{measured.seconds_per_point:.3g} s per point; peak {measured.peak_bytes / GB:.2f} GB beyond the "
-                     f"process start; the formula at S=1 gives {formula / GB:.2f} GB (model and theta* "
-                     f"{2 * params * model_bytes / GB:.2f}, directions {count * params * direction_bytes / GB:.2f}, "
+                     f"process start; the formula at S=1 gives {formula / GB:.2f} GB (model{' and theta*' * copy} "
+                     f"{(1 + copy) * params * model_bytes / GB:.2f}, "
+                     f"directions {count * params * direction_bytes / GB:.2f}, "
                      f"activations {acts / GB:.2f}): measured/formula {measured.peak_bytes / formula:.2f}")
     room = memory_gb * GB if memory_gb is not None else device_memory(device, ranks)
     lines.append(f"on {ranks} rank(s), {room / GB:.1f} GB per rank "
                  f"({'given' if memory_gb is not None else device.type}):")
     lines.append(f"{'shard':>6}{'groups':>8}{'GB per rank':>13}{'fits':>6}{'tiles/group':>13}{'wall (ideal)':>14}")
     for shard in divisors(ranks):
-        need = per_rank_bytes(params, model_bytes, direction_bytes, count, shard, acts)
+        need = per_rank_bytes(params, model_bytes, direction_bytes, count, shard, acts, copy or shard > 1)
         groups = ranks // shard
         per_group = -(-tiles // groups)
         wall = "-" if measured is None else clock(per_group * tile_points * measured.seconds_per_point / shard)
         lines.append(f"{shard:>6}{groups:>8}{need / GB:>13.3g}{'yes' if need <= room else 'no':>6}"
                      f"{per_group:>13}{wall:>14}")
     whole = params * (model_bytes + count * direction_bytes)
+    if not copy:
+        lines.append("eval.perturb=on_access holds no copy of theta* at S=1; S > 1 moves its rows in place and "
+                     "does (set eval.perturb=in_place there)")
     lines.append("wall (ideal): tiles per group x points per tile x the time per point here / S, at perfect scaling")
     reason = whole_load_reason(cfg) if cfg.parallel.load != "whole" else "parallel.load=whole"
     if reason is None:

@@ -49,6 +49,12 @@ def check_combination(cfg: RunConfig) -> None:
         if shard > 1 and on:
             raise UserError(f"parallel.shard={shard} does not support {key} ({why} on a sharded model); turn it "
                             "off or set parallel.shard=1")
+    for on, key in ((shard > 1, f"parallel.shard={shard}"), (cfg.hessian.curvature, "hessian.curvature"),
+                    (e.recalibrate_bn, "eval.recalibrate_bn"), (e.compile, "eval.compile"),
+                    ((e.points_per_pass or 1) > 1, f"eval.points_per_pass={e.points_per_pass}")):
+        if e.perturb == "on_access" and on:
+            raise UserError(f"eval.perturb=on_access does not go with {key} (it evaluates one point at a time on "
+                            "the model as it is): set eval.perturb=in_place or drop the other setting")
     if cfg.parallel.load == "sharded":
         reason = "it needs parallel.shard > 1" if shard == 1 else whole_load_reason(cfg)
         if reason:

@@ -266,9 +266,13 @@ class EvalConfig:
     rewrites: list[str] = field(default_factory=lambda: list(REWRITES))
     host_malloc: bool = True  # CPU runs: glibc keeps freed activation memory instead of faulting in new pages
     workers: int = 0  # DataLoader worker processes for an eval set streamed from its files (too big to cache)
+    perturb: str = "in_place"  # in_place: the weights are moved in place, theta* kept as a copy beside them |
+    # on_access: the weights stay theta*, each made at the point when a module reads it (no copy: the size of the
+    # model less; points one at a time, no graph rewrites; the same numbers to the bit)
 
     def __post_init__(self) -> None:
         _check_choice("eval.split", self.split, ("test", "train"))
+        _check_choice("eval.perturb", self.perturb, ("in_place", "on_access"))
         _check_choice("eval.cache", self.cache, ("auto", "device", "stream"))
         _check_choice("eval.precision", self.precision, ("fp32", "bf16", "fp16"))
         for name in self.rewrites:

@@ -21,7 +21,35 @@ from engine.directions.vectors import to_coordinates
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-class Perturber:
+class PointValues:
+    """theta* (as coordinates), the directions and an interpolation's end: each perturbed tensor's value at a point."""
+
+    def __init__(self, theta: list[torch.Tensor], directions: list[list[torch.Tensor]],
+                 end: list[torch.Tensor] | None, logged: list[bool] | None) -> None:
+        self.logged = logged or [False] * len(theta)
+        self.theta = to_coordinates(theta, self.logged)
+        self.directions = directions
+        self.end_values = end
+        self.end = to_coordinates(end, self.logged) if end is not None else None
+
+    def at_end(self, coords: Sequence[float]) -> bool:
+        """Whether coords are the end point's (0, ..., 0, 1), where the end's own tensors are set bit for bit."""
+        return self.end_values is not None and coords[-1] == 1.0 and not any(coords[:-1])
+
+    def point_value(self, i: int, coords: Sequence[float]) -> torch.Tensor:
+        """Tensor i at coords, computed in float32 (or its own wider dtype) from theta*; the caller rounds it."""
+        wide = torch.promote_types(self.theta[i].dtype, torch.float32)
+        value = self.theta[i].to(wide, copy=True)
+        if self.end is not None and len(self.directions) == 1:
+            value.lerp_(self.end[i].to(wide), float(coords[0]))
+        else:
+            for c, d in zip(coords, self.directions):
+                if c != 0.0:
+                    value.add_(d[i], alpha=float(c))
+        return value.exp_() if self.logged[i] else value
+
+
+class Perturber(PointValues):
     """Moves a model's perturbed tensors to theta* + sum_k c_k d_k, vectorized over all tensors.
 
     `end`: the tensors at coefficients (0, ..., 0, 1), set bit for bit there (model B of an interpolation or a
@@ -36,11 +64,7 @@ class Perturber:
                  also_restore: list[torch.Tensor] | None = None, logged: list[bool] | None = None) -> None:
         self.tensors = tensors
         self.saved = [t.detach().clone() for t in tensors]
-        self.logged = logged or [False] * len(tensors)
-        self.theta = to_coordinates(self.saved, self.logged)
-        self.directions = directions
-        self.end_values = end
-        self.end = to_coordinates(end, self.logged) if end is not None else None
+        super().__init__(self.saved, directions, end, logged)
         self.in_log_space = [t for t, m in zip(tensors, self.logged) if m]
         self.after_set = after_set
         self.extra = also_restore or []
@@ -52,7 +76,7 @@ class Perturber:
         """Set the live tensors to theta* + sum_k coords[k] * directions[k] (or lerp(theta*, end, coords[0]))."""
         if not any(coords):
             torch._foreach_copy_(self.tensors, self.saved)
-        elif self.end_values is not None and coords[-1] == 1.0 and not any(coords[:-1]):
+        elif self.end_values is not None and self.at_end(coords):
             torch._foreach_copy_(self.tensors, self.end_values)
         elif not self.low:
             torch._foreach_copy_(self.tensors, self.theta)
@@ -69,18 +93,6 @@ class Perturber:
                 self.tensors[i].copy_(self.point_value(i, coords))
         if self.after_set is not None:
             self.after_set()
-
-    def point_value(self, i: int, coords: Sequence[float]) -> torch.Tensor:
-        """Tensor i at coords, computed in float32 (or its own wider dtype) from theta*; the caller rounds it."""
-        wide = torch.promote_types(self.theta[i].dtype, torch.float32)
-        value = self.theta[i].to(wide, copy=True)
-        if self.end is not None and len(self.directions) == 1:
-            value.lerp_(self.end[i].to(wide), float(coords[0]))
-        else:
-            for c, d in zip(coords, self.directions):
-                if c != 0.0:
-                    value.add_(d[i], alpha=float(c))
-        return value.exp_() if self.logged[i] else value
 
     @torch.no_grad()
     def restore(self) -> None:

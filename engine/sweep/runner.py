@@ -21,6 +21,7 @@ from engine.sources.batchnorm import BatchNormRecalibrator, batchnorm_buffers
 from engine.sources.losses import CROSS_ENTROPY, Loss, evaluate
 from engine.sources.splits import Split
 from engine.store.grid import GridPlan
+from engine.sweep.on_access import OnAccessPerturber
 from engine.sweep.perturb import LOW_PRECISION, Perturber
 from engine.sweep.rewrite import rewrite
 from engine.sweep.stacked import make_stacked
@@ -41,14 +42,17 @@ def make_runner(
     on points of tune_on (None: no timing) and every rank uses its choice (so all ranks compute alike).
     """
     e = cfg.eval
-    perturber = Perturber(tensors, directions, end, recalibrate,
-                          batchnorm_buffers(model) if recalibrate is not None else None, logged)
+    perturber = make_perturber(cfg, model, tensors, directions, end, recalibrate, logged)
     theta = [t.detach() for t in tensors]
     low = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype in LOW_PRECISION})
     # lerped points, per-point BN statistics, and a bfloat16/float16 model (each point's weights are computed in
-    # float32 and rounded once by the Perturber; the rewrites and stacked points would compute them in low precision)
-    in_place_only = end is not None or recalibrate is not None or bool(low)
-    on = set(e.rewrites) if not low else set()
+    # float32 and rounded once by the Perturber; the rewrites and stacked points would compute them in low precision);
+    # weights made on access are read by the model as it is, one point at a time
+    on_access = e.perturb == "on_access"
+    in_place_only = end is not None or recalibrate is not None or bool(low) or on_access
+    on = set(e.rewrites) if not low and not on_access else set()
+    if on_access:
+        log.info("eval.perturb=on_access: no copy of theta*; each weight is made at the point when it is read")
     if low and (e.rewrites or e.points_per_pass not in (None, 1)):
         log.info("model in %s: points are evaluated one at a time in place, without graph rewrites", "/".join(low))
     fast: nn.Module | None = None
@@ -89,6 +93,18 @@ def make_runner(
             release_freed_memory()
         log.info("points per pass: K=%d (memory allows %d)", runner.k, k_max)
     return runner
+
+
+def make_perturber(cfg: RunConfig, model: nn.Module, tensors: list[torch.Tensor],
+                   directions: list[list[torch.Tensor]], end: list[torch.Tensor] | None = None,
+                   recalibrate: BatchNormRecalibrator | None = None,
+                   logged: list[bool] | None = None) -> Perturber | OnAccessPerturber:
+    """What moves the model between points, by eval.perturb: the weights in place (theta* kept as a copy), or made
+    on access from the untouched theta*."""
+    if cfg.eval.perturb == "on_access":
+        return OnAccessPerturber(model, tensors, directions, end, logged)
+    return Perturber(tensors, directions, end, recalibrate,
+                     batchnorm_buffers(model) if recalibrate is not None else None, logged)
 
 
 def tensor_pairs(batches: EvalBatches) -> bool:

@@ -23,6 +23,7 @@ from engine.directions.kinds import CoefficientMap, coefficients_at
 from engine.sources.batches import EvalBatches
 from engine.sources.losses import CROSS_ENTROPY, Loss, autocast, evaluate, first_device
 from engine.sources.structure import Batch, map_tensors, take
+from engine.sweep.on_access import OnAccessPerturber
 from engine.sweep.perturb import Perturber
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,9 @@ def make_evaluator(
 class PointRunner:
     """Evaluates a list of grid points by the chosen path: K stacked points per vmap pass, or one by one in place."""
 
-    def __init__(self, model: nn.Module, perturber: Perturber, batches: EvalBatches, precision: str = "fp32",
-                 evaluator: PointsEvaluator | None = None, k: int = 1, fast: nn.Module | None = None,
+    def __init__(self, model: nn.Module, perturber: Perturber | OnAccessPerturber, batches: EvalBatches,
+                 precision: str = "fp32", evaluator: PointsEvaluator | None = None, k: int = 1,
+                 fast: nn.Module | None = None,
                  curvature: Callable[[], dict[str, float]] | None = None, loss: Loss = CROSS_ENTROPY,
                  coefficients: CoefficientMap | None = None) -> None:
         self.model, self.perturber, self.batches, self.precision = model, perturber, batches, precision

@@ -38,6 +38,8 @@ CROSS = [
      "checkpoint /no/B.pt does not exist; give direction.checkpoints=<an existing file>"),
     (["direction=file", "direction.path=/no/dirs.pt"], "direction file /no/dirs.pt does not exist"),
     (["eval.device=cpu", "eval.precision=bf16"], "eval.precision=bf16 is autocast on CUDA devices"),
+    (["eval.perturb=on_access", "eval.points_per_pass=4"],
+     "eval.perturb=on_access does not go with eval.points_per_pass=4"),
 ]
 
 

@@ -1,6 +1,7 @@
 """model.dtype and direction.dtype end to end on a tiny Hugging Face LM, from the command line: a bfloat16 model's
 surface is its own loss at theta* and, at every point, the loss of the float32 formula rounded once to bfloat16
-(checked against a float32 evaluation of those rounded weights); bfloat16 directions are the float32 ones rounded."""
+(checked against a float32 evaluation of those rounded weights); bfloat16 directions are the float32 ones rounded.
+Weights made on access (eval.perturb=on_access, no copy of theta*) give the in-place run's store bit for bit."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "corpus.txt").write_text(text)
     save_tiny_lm(root / "model", text)
     args = [*LM, f"model.path={root / 'model'}", f"data.path={root / 'corpus.txt'}", f"out_dir={root / 'runs'}"]
-    names = {"fp32": [], "bf16": ["model.dtype=bfloat16"], "bf16dirs": ["direction.dtype=bfloat16"]}
+    names = {"fp32": [], "bf16": ["model.dtype=bfloat16"], "bf16dirs": ["direction.dtype=bfloat16"],
+             "bf16_access": ["model.dtype=bfloat16", "eval.perturb=on_access"]}
     for name, extra in names.items():
         landscape([*args, *extra, f"name={name}"], root)
     return {"root": root, **{n: root / "runs" / n / "landscape.zarr" for n in names}}
@@ -93,3 +95,12 @@ def test_bfloat16_directions_are_the_float32_ones_rounded(runs: dict[str, Any]) 
     a, b = read_surface(runs["fp32"]).metrics["loss"], read_surface(runs["bf16dirs"]).metrics["loss"]
     assert a[1, 1] == b[1, 1]  # theta* itself
     np.testing.assert_allclose(a, b, rtol=2e-2)
+
+
+def test_weights_made_on_access_give_the_in_place_store(runs: dict[str, Any]) -> None:
+    a, b = read_surface(runs["bf16"]), read_surface(runs["bf16_access"])
+    assert a.done.all() and b.done.all()
+    for metric in ("loss", "accuracy"):
+        np.testing.assert_array_equal(a.metrics[metric], b.metrics[metric])
+    for a, b in zip(read_directions(runs["bf16"]), read_directions(runs["bf16_access"])):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
