@@ -109,6 +109,8 @@ def main() -> None:
     k1 = ["eval.batch_size=8", "eval.points_per_pass=1"]
     settings: dict[str, tuple[list[str], int]] = {
         "engine's choices": ([], 1), "batch 8, K=1": (k1, 1), "  + bf16 dirs": ([*k1, "direction.dtype=bfloat16"], 1),
+        "on access, K=1": ([*k1, "eval.perturb=on_access"], 1),
+        "on access + bf16 dirs": ([*k1, "eval.perturb=on_access", "direction.dtype=bfloat16"], 1),
         "bf16 model (2x2, 2)": ([*k1, "model.dtype=bfloat16", "grid.resolution=[2,2]", "eval.samples=2"], 1),
         "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2),
         "2 ranks, S=2, whole": ([*k1, "parallel.shard=2", "parallel.load=whole"], 2)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from engine.config.cross import whole_load_reason
@@ -92,18 +93,18 @@ def row_directions(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, r
 
 
 def deferred_writer(made: Directions, rows: Rows, group: ShardGroup) -> Callable[[Path, StoreSpec, list[int]], None]:
-    """What writes the store's deferred directions: the first replica group gathers each tensor whole, one at a time,
-    and its leader writes it; the other groups hold the same rows and wait."""
+    """What writes the store's deferred directions: the first replica group gathers each tensor whole, one at a time
+    (every rank of it gets the whole tensor), and its S ranks write the direction's chunks in parallel, rank r the
+    chunks i with i % S == r; the other groups hold the same rows and wait."""
     from engine.sweep.sharded_setup import gathered
 
     def write(path: Path, spec: StoreSpec, todo: list[int]) -> None:
         if group.replica != 0:
             return
         for k in todo:
-            tensors = gathered(made.directions[k], rows.cut, rows.shapes, group)
             if group.leader:
-                write_deferred(path, k, spec, tensors)
-            else:
-                for _ in tensors:
-                    pass
+                write_deferred(path, k, spec, [], create=True)  # the empty array, before any rank writes into it
+            dist.barrier(group=group.group)
+            write_deferred(path, k, spec, gathered(made.directions[k], rows.cut, rows.shapes, group),
+                           part=group.rank, parts=group.size, create=False)
     return write

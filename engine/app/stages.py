@@ -241,7 +241,8 @@ def directions_stage(cfg: RunConfig, model: nn.Module, target: PerturbedTensors,
     if cfg.direction.count > 1:
         check_lines_fit(cfg.direction, target, cfg.eval.memory_gb)
     made = make_directions(cfg.direction, model, target, plan.ndim, run_dir_of(cfg), hessian_axes,
-                           progress=cfg.eval.progress and env.is_main, curve_bends=curve_bends)
+                           progress=cfg.eval.progress and env.is_main, curve_bends=curve_bends,
+                           dtype=getattr(torch, cfg.direction.dtype))
     return directions_in_dtype(made, getattr(torch, cfg.direction.dtype))
 
 

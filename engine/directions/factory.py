@@ -14,7 +14,7 @@ from engine.config.schema import DirectionConfig
 from engine.directions import checkpoints, curves
 from engine.directions.kinds import Directions
 from engine.directions.lines import line_directions
-from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, random_raw
+from engine.directions.vectors import PerturbedTensors, load_directions, normalize_all, seeded_normalized
 from engine.sources.checkpoints import State
 
 HessianAxes = Callable[[int], list[list[torch.Tensor]]]  # ndim -> the top ndim Hessian eigenvectors at theta*
@@ -23,8 +23,9 @@ CurveBends = Callable[[State], list[State]]  # model B -> the trained bends of t
 
 def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTensors, ndim: int, run_dir: Path,
                     hessian_axes: HessianAxes | None = None, progress: bool = False,
-                    curve_bends: CurveBends | None = None) -> Directions:
-    """The `ndim` directions of direction.kind over the perturbed tensors, with their markers and labels.
+                    curve_bends: CurveBends | None = None, dtype: torch.dtype | None = None) -> Directions:
+    """The `ndim` directions of direction.kind over the perturbed tensors, with their markers and labels; random
+    ones are made in dtype (direction.dtype) tensor by tensor, so no float32 copy of them all is ever held.
 
     hessian_axes computes the top Hessian eigenvectors (direction=hessian only; it draws its own bar); pca reads
     this run's checkpoints/ unless direction.trajectory names another folder, with a bar over them when progress is on
@@ -49,8 +50,10 @@ def make_directions(d: DirectionConfig, model: nn.Module, target: PerturbedTenso
         return line_directions(d, target)
     coordinates = target.coordinates()
     if d.kind == "random":
-        raw = random_raw(coordinates, ndim, d.seed)
-    elif d.kind == "hessian":
+        g = torch.Generator().manual_seed(d.seed)
+        return Directions([list(seeded_normalized(g, coordinates, d.norm, d.ignore, logged, target.rows, dtype))
+                           for _ in range(ndim)])
+    if d.kind == "hessian":
         if hessian_axes is None:
             raise ValueError("direction=hessian needs hessian_axes")
         raw = hessian_axes(ndim)

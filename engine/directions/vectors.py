@@ -11,7 +11,7 @@ positive at every coordinate. Directions hold such a tensor's log-space entries 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +154,19 @@ def random_raw(theta: list[torch.Tensor], count: int, seed: int) -> list[list[to
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, wide(w.dtype)) for w in theta]
             for _ in range(count)]
+
+
+def seeded_normalized(g: torch.Generator, whole: Iterable[torch.Tensor], norm: str, ignore: str,
+                      logged: list[bool] | None = None, rows: list[int] | None = None,
+                      dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
+    """One seeded Gaussian direction drawn and normalized tensor by tensor against theta*'s whole tensors (the
+    stream random_raw draws, in its order), each held in dtype at once when given: a stage that makes directions
+    this way holds them and one tensor in float32, never a float32 copy of them all."""
+    for i, w in enumerate(whole):
+        raw = torch.randn(w.shape, generator=g, dtype=torch.float32).to(w.device, wide(w.dtype))
+        one = normalize([raw], [w], norm, ignore, None if logged is None else logged[i : i + 1],
+                        None if rows is None else rows[i : i + 1])[0]
+        yield one.to(dtype) if dtype is not None and one.is_floating_point() else one
 
 
 def wide(dtype: torch.dtype) -> torch.dtype:

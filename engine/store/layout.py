@@ -137,22 +137,40 @@ def write_coords(group: zarr.Group, plan: GridPlan) -> None:
 
 
 def write_direction(root: zarr.Group, k: int, spec: StoreSpec, tensors: Iterable[torch.Tensor] | None = None) -> None:
-    """Direction d<k> of the spec (or the given tensors, whole, in the spec's order: a deferred direction) as a flat
-    float32 vector, with the tensor names and shapes in its attributes; written chunk by chunk from the tensors, so no
-    copy of the whole direction is ever made."""
+    """Direction d<k> of the spec (or the given tensors, whole, in the spec's order) as a flat float32 vector, with
+    the tensor names and shapes in its attributes; written chunk by chunk, so no copy of the whole direction is made."""
+    fill_direction(create_direction(root, k, spec), spec.directions[k] if tensors is None else tensors)
+
+
+def create_direction(root: zarr.Group, k: int, spec: StoreSpec, chunk: int = DIRECTION_CHUNK) -> zarr.Array:
+    """The empty array of direction d<k> (replacing any there), its names and shapes in its attributes: until every
+    chunk is written it reads as damaged (dense), so a write cut short is found and redone."""
     size = sum(math.prod(shape) for shape in spec.shapes)
-    chunk = max(1, min(size, DIRECTION_CHUNK))
-    with zarr.config.set(DENSE_WRITES):
-        arr = root.create_array(f"directions/d{k}", shape=(size,), chunks=(chunk,),
+    with zarr.config.set(DENSE_WRITES):  # an all-zero chunk is written too: a missing one is damage
+        arr = root.create_array(f"directions/d{k}", shape=(size,), chunks=(max(1, min(size, chunk)),),
                                 dtype="float32", dimension_names=("param",), overwrite=True)
-        for start, values in flat_chunks(spec.directions[k] if tensors is None else tensors, chunk):
-            arr[start:start + len(values)] = values
     arr.attrs.update({"names": spec.names, "shapes": [list(s) for s in spec.shapes]})
+    return arr
 
 
-def write_deferred(path: Path, k: int, spec: StoreSpec, tensors: Iterable[torch.Tensor]) -> None:
-    """Deferred direction d<k> of an accepted store, from its whole tensors handed over one at a time."""
-    write_direction(zarr.open_group(path, mode="r+"), k, spec, tensors)
+def fill_direction(arr: zarr.Array, tensors: Iterable[torch.Tensor], part: int = 0, parts: int = 1) -> None:
+    """Write the whole tensors, flattened in order, into a direction's array: only the chunks i with i % parts ==
+    part, so `parts` writers that each see the same tensors fill it together, each its own chunks, in parallel."""
+    chunk = arr.chunks[0]
+    with zarr.config.set(DENSE_WRITES):
+        for start, values in flat_chunks(tensors, chunk):
+            if (start // chunk) % parts == part:
+                arr[start:start + len(values)] = values
+
+
+def write_deferred(path: Path, k: int, spec: StoreSpec, tensors: Iterable[torch.Tensor], part: int = 0,
+                   parts: int = 1, create: bool = True) -> None:
+    """Deferred direction d<k> of an accepted store, from its whole tensors handed over one at a time: `create`
+    makes its array (one writer, before the others start), then this writer fills its part of the chunks."""
+    with zarr.config.set(DENSE_WRITES):
+        root = zarr.open_group(path, mode="r+")
+        arr = create_direction(root, k, spec) if create else cast(zarr.Array, root[f"directions/d{k}"])
+    fill_direction(arr, tensors, part, parts)
 
 
 def _create_level(group: zarr.Group, plan: GridPlan, metrics: tuple[str, ...]) -> None:

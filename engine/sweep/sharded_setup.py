@@ -26,11 +26,10 @@ from engine.directions.kinds import Directions
 from engine.directions.vectors import (
     PerturbedTensors,
     log_space,
-    normalize,
     output_rows,
     perturbed_tensors,
+    seeded_normalized,
     to_coordinates,
-    wide,
 )
 from engine.sources.rows import RowReader, check_rows_fit
 from engine.sweep.sharded import ShardGroup, shard_model
@@ -130,10 +129,7 @@ def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], sh
     out: list[list[torch.Tensor]] = [[] for _ in range(ndim)]
     for k in range(ndim):
         whole = gathered(target.coordinates(), cut, shapes, group)
-        for i, w in enumerate(whole):
-            raw = torch.randn(shapes[i], generator=g, dtype=torch.float32).to(w.device, wide(w.dtype))
-            one = normalize([raw], [w], d.norm, d.ignore, target.logged[i : i + 1],
-                            None if target.rows is None else target.rows[i : i + 1])[0]
+        for i, one in enumerate(seeded_normalized(g, whole, d.norm, d.ignore, target.logged, target.rows)):
             out[k].append(_mine(one, group) if cut[i] else one)
     return Directions(out)
 

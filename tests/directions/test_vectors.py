@@ -123,3 +123,19 @@ def test_normalize_all_equals_normalize_and_lets_go_of_the_raw_tensors(norm: str
     for a, b in zip(got, want):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert raw and all(ref() is None for ref in drawn)  # the raw lists are alive, the draws are gone
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_seeded_normalized_is_the_drawn_then_normalized_stream(dtype: torch.dtype | None) -> None:
+    """Directions made tensor by tensor (what a run does since it stopped drawing them all first) equal random_raw
+    then normalize_all bit for bit, one direction after another from one generator, rounded once when a dtype is
+    given: the stores of earlier runs are what the same seed gives now."""
+    from engine.directions.vectors import normalize_all, random_raw, seeded_normalized
+
+    g = torch.Generator().manual_seed(0)
+    theta = [torch.randn(6, 3, 2, 2, generator=g), torch.randn(6, generator=g), torch.randn(4, 24, generator=g)]
+    want = normalize_all(random_raw(theta, 2, 7), theta, "filter", "biasbn", None, [0, 0, 1])
+    stream = torch.Generator().manual_seed(7)
+    got = [list(seeded_normalized(stream, theta, "filter", "biasbn", None, [0, 0, 1], dtype)) for _ in range(2)]
+    for a, b in zip(got, want):
+        assert all(torch.equal(x, y if dtype is None else y.to(dtype)) for x, y in zip(a, b))

@@ -289,3 +289,28 @@ def test_tiles_written_through_arrays_kept_open_equal_tiles_written_alone(tmp_pa
             for key in ga.array_keys():
                 np.testing.assert_array_equal(ga[key][...], gb[key][...], err_msg=f"{level}/{key}")
             assert ga["done"][...].all()
+
+
+def test_a_direction_written_by_several_writers_each_its_chunks_equals_one_writer(tmp_path: Path) -> None:
+    """What the S ranks of a shard group do: the array made once, then each writer fills the chunks i with
+    i % S == its part from the same whole tensors; until every part is in, the direction reads as damaged."""
+    from engine.store.integrity import DENSE, array_damage
+    from engine.store.layout import create_direction, fill_direction
+
+    made = spec()
+    one = zarr.open_group(tmp_path / "one.zarr", mode="w", zarr_format=3)
+    fill_direction(create_direction(one, 0, made, chunk=5), made.directions[0])
+    many = zarr.open_group(tmp_path / "many.zarr", mode="w", zarr_format=3)
+    many.attrs[DENSE] = True  # as a store's root says: every chunk of a direction is written
+    create_direction(many, 0, made, chunk=5)
+    for part in (2, 0):
+        fill_direction(zarr.open_group(tmp_path / "many.zarr", mode="r+")["directions/d0"], made.directions[0],
+                       part, 3)
+    assert array_damage(many, tmp_path / "many.zarr", "directions/d0", dense=True)  # part 1 not written yet
+    fill_direction(zarr.open_group(tmp_path / "many.zarr", mode="r+")["directions/d0"], made.directions[0], 1, 3)
+    assert not array_damage(many, tmp_path / "many.zarr", "directions/d0", dense=True)
+    a, b = one["directions/d0"], many["directions/d0"]
+    assert a.nchunks == b.nchunks == 5  # 22 entries in chunks of 5
+    np.testing.assert_array_equal(a[...], b[...])
+    np.testing.assert_array_equal(b[...], flatten(made.directions[0]).numpy())
+    assert dict(b.attrs) == {"names": NAMES, "shapes": [list(s) for s in SHAPES]}
