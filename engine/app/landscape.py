@@ -95,6 +95,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
             channels_last = stages.uses_channels_last(cfg, split)
             if channels_last:
                 model, split = stages.to_channels_last(model, split)
+        release_freed_memory()  # the loader's copies and the fingerprint's buffers: only the model stays
         with memory.stage("directions"):
             hvp_batches = stages.hessian_stage_batches(cfg, split, env)
             if group is not None and rows is not None:
