@@ -184,33 +184,10 @@ def random_directions(
 def load_directions(
     path: str | Path, names: list[str], theta: list[torch.Tensor], count: int
 ) -> list[list[torch.Tensor]]:
-    """Load `count` directions from a .pt file (a list of {tensor name: tensor}) or another run's .zarr store."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"direction.path={path} does not exist")
-    if path.suffix == ".zarr" or path.is_dir():
-        from engine.store.read import read_directions
+    """Load `count` directions from a .pt file (a list of {tensor name: tensor}) or another run's .zarr store, one
+    tensor at a time (engine.directions.direction_files)."""
+    from engine.directions.direction_files import DirectionFile
 
-        loaded = read_directions(path)
-    else:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise UserError(f"direction file {path} cannot be read ({type(err).__name__})") from None
-        if isinstance(loaded, dict):
-            loaded = [loaded]
-    if not isinstance(loaded, list) or len(loaded) < count:
-        raise UserError(f"direction file {path} holds {len(loaded) if isinstance(loaded, list) else 0} "
-                        f"direction(s); the grid needs {count}")
-    dirs = []
-    for k, d in enumerate(loaded[:count]):
-        missing = [n for n in names if n not in d]
-        if missing:
-            raise UserError(f"direction {k} in {path} lacks tensor {missing[0]} (and {len(missing) - 1} more); "
-                            "it was made for another model or direction.over")
-        bad = [n for n, w in zip(names, theta) if tuple(d[n].shape) != tuple(w.shape)]
-        if bad:
-            raise UserError(f"direction {k} in {path}: tensor {bad[0]} has shape {tuple(d[bad[0]].shape)}, "
-                            "the model's differs; it was made for another model")
-        dirs.append([d[n].to(w.device, wide(w.dtype)) for n, w in zip(names, theta)])
-    return dirs
+    source = DirectionFile(path)
+    source.check(names, [tuple(w.shape) for w in theta], count)
+    return [[source.tensor(k, n).to(w.device, wide(w.dtype)) for n, w in zip(names, theta)] for k in range(count)]

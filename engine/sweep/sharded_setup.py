@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -22,14 +22,17 @@ from torch.distributed.tensor import DTensor
 
 from engine.config.schema import RunConfig
 from engine.core.errors import UserError
+from engine.directions.direction_files import DirectionFile
 from engine.directions.kinds import Directions
 from engine.directions.vectors import (
     PerturbedTensors,
     log_space,
+    normalize,
     output_rows,
     perturbed_tensors,
     seeded_normalized,
     to_coordinates,
+    wide,
 )
 from engine.sources.rows import RowReader, check_rows_fit
 from engine.sweep.sharded import ShardGroup, shard_model
@@ -120,13 +123,25 @@ def gathered(local: list[torch.Tensor], cut: list[bool], shapes: list[tuple[int,
 
 def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], shapes: list[tuple[int, ...]],
                    ndim: int, group: ShardGroup) -> Directions:
-    """direction=random (the seeded stream drawn tensor by tensor, each normalized whole, this rank's rows kept) or
+    """direction=random (the seeded stream drawn tensor by tensor, each normalized whole, this rank's rows kept),
+    direction=file (each tensor read whole from the file, one at a time, normalized, this rank's rows kept) or
     direction=interpolation (B's rows read from its checkpoint), as this rank's rows."""
     d = cfg.direction
     if d.kind == "interpolation":
         return _line(d.checkpoints[0], target, cut, shapes, group)
-    g = torch.Generator().manual_seed(d.seed)
     out: list[list[torch.Tensor]] = [[] for _ in range(ndim)]
+    if d.kind == "file":
+        source = DirectionFile(cast(str, d.path))  # set: DirectionConfig checks it
+        source.check(target.names, shapes, ndim)
+        for k in range(ndim):
+            whole = gathered(target.coordinates(), cut, shapes, group)
+            for i, w in enumerate(whole):
+                raw = source.tensor(k, target.names[i]).to(w.device, wide(w.dtype))
+                one = normalize([raw], [w], d.norm, d.ignore, target.logged[i : i + 1],
+                                None if target.rows is None else target.rows[i : i + 1])[0]
+                out[k].append(_mine(one, group) if cut[i] else one)
+        return Directions(out)
+    g = torch.Generator().manual_seed(d.seed)
     for k in range(ndim):
         whole = gathered(target.coordinates(), cut, shapes, group)
         for i, one in enumerate(seeded_normalized(g, whole, d.norm, d.ignore, target.logged, target.rows)):

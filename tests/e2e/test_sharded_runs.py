@@ -1,5 +1,6 @@
 """parallel.shard=S on real gloo ranks (FSDP2 on CPU): a ResNet-8 sharded over 2 ranks, over 4 ranks as 2 replica
-groups of 2 shards, a tiny GPT-2 sharded over 2 ranks, and that GPT-2 in bfloat16 on the line to a checkpoint give the
+groups of 2 shards, a tiny GPT-2 sharded over 2 ranks (its random directions drawn, and read back from
+a store with direction=file), and that GPT-2 in bfloat16 on the line to a checkpoint give the
 store of one unsharded process bit for bit (the same forward per batch on the gathered weights, the per-batch sums
 added in batch order); a sharded run killed with SIGKILL and rerun equals an uninterrupted one; what a sharded model
 cannot do is refused in one line."""
@@ -50,6 +51,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     one_process(cwd, *SAME_PATH, *lm, "name=lm_one")
     done = torchrun(2, *SAME_PATH, *lm, "parallel.shard=2", "name=lm_s2", cwd=cwd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # direction=file read from the unsharded store, tensor by tensor on each rank (norm=none keeps them as stored)
+    done = torchrun(2, *SAME_PATH, *lm, "parallel.shard=2", "direction=file", "direction.norm=none",
+                    f"direction.path={cwd / 'runs' / 'lm_one' / 'landscape.zarr'}", "name=lm_file_s2", cwd=cwd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # a bfloat16 model on the line to a checkpoint B: the end point cut to each rank's rows, each point computed in
     # float32 from the shard's theta* and rounded once
     import torch
@@ -67,7 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("one", "sharded"), [("one", "s2"), ("one", "r2s2"), ("lm_one", "lm_s2"),
-                                              ("line_one", "line_s2")])
+                                              ("lm_one", "lm_file_s2"), ("line_one", "line_s2")])
 def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharded: str) -> None:
     a, b = runs / "runs" / one / "landscape.zarr", runs / "runs" / sharded / "landscape.zarr"
     if one != "one":  # no preview level on the LM's grids
@@ -81,7 +86,8 @@ def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharde
         assert da.keys() == db.keys() and all(np.array_equal(da[k], db[k]) for k in da)
 
 
-@pytest.mark.parametrize(("name", "reads_rows"), [("s2", True), ("r2s2", False), ("lm_s2", True), ("line_s2", True)])
+@pytest.mark.parametrize(("name", "reads_rows"), [("s2", True), ("r2s2", False), ("lm_s2", True), ("lm_file_s2", True),
+                                                ("line_s2", True)])
 def test_ranks_read_only_their_rows_unless_told_to_load_whole(runs: Path, name: str, reads_rows: bool) -> None:
     """parallel.load=auto builds the model on the meta device and each rank reads its rows of the checkpoint (or of
     the Hugging Face folder's safetensors); parallel.load=whole loads it whole first. Both stores equal one process's
