@@ -144,6 +144,9 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         if group is None:
             with memory.stage("curvature"):
                 curvature(cfg, model, target, hvp_batches, resolved, env, store, say, loss, split)
+        elif rows is not None and group.replica == 0 and sharpness_on(cfg):  # on the shards: the first group
+            with memory.stage("curvature"):
+                stages.sharpness_stage(model, split, cfg, env, store, loss, group)
         held.close()  # the store's lease is released before the summary, as the sweep's last step
         result = RunResult(stages.run_dir_of(cfg), store, tiles)
         ranks = ranks_and_devices(env)
@@ -167,8 +170,13 @@ def curvature(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, hvp_ba
     """The spectrum at theta* (every rank) and the sharpness numbers (rank 0), when asked for."""
     if cfg.hessian.spectrum:
         stages.spectrum_stage(model, target, hvp_batches, cfg, resolved, env, store, say, loss)
-    if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
+    if sharpness_on(cfg):
         on_main(env, lambda: stages.sharpness_stage(model, split, cfg, env, store, loss))
+
+
+def sharpness_on(cfg: RunConfig) -> bool:
+    """Whether the run computes a sharpness number (epsilon- or adaptive sharpness)."""
+    return cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None
 
 
 def report(result: RunResult, seconds: float, tiles: int, say: stages.Say) -> None:

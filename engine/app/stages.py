@@ -23,6 +23,7 @@ from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_m
 from engine.core.errors import UserError
 from engine.core.hostalloc import keep_freed_memory
 from engine.curvature.adaptive import adaptive_sharpness
+from engine.curvature.param_view import WholeView
 from engine.curvature.sharpness import epsilon_sharpness
 from engine.curvature.spectra import (
     CURVATURE_METRICS,
@@ -485,35 +486,47 @@ def spectrum_stage(model: nn.Module, target: PerturbedTensors, batches: HessianB
             f"{', '.join(flags['raise'])} (summary.json: spectrum.convergence)")
 
 
-def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss) -> None:
+def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss,
+                    group: ShardGroup | None = None) -> None:
     """Keskar et al.'s epsilon-sharpness and the adaptive sharpness (worst case and average) at theta* into the
-    store's attributes (summary.json reads them there); each is skipped when off or already in the store."""
+    store's attributes (summary.json reads them there); each is skipped when off or already in the store. On a
+    sharded model (group) every rank of the group takes part and its leader writes."""
     s = cfg.summary
     samples = held(subsample(split, s.sharpness_samples, cfg.data.seed))
-    batches = device_batches(samples, 256, env.device)
     count = len(samples)
+    view: WholeView | None = None
+    if group is None:
+        batches = device_batches(samples, 256, env.device)
 
-    def mean_loss() -> torch.Tensor:  # the loss summed over every batch, over the items (tokens, samples) summed
-        parts = [loss.autograd(model, batch) for batch in batches]
-        return cast(torch.Tensor, sum(p[0] for p in parts) / sum(p[1] for p in parts))
+        def mean_loss() -> torch.Tensor:  # the loss summed over every batch, over the items (tokens, samples) summed
+            parts = [loss.autograd(model, batch) for batch in batches]
+            return cast(torch.Tensor, sum(p[0] for p in parts) / sum(p[1] for p in parts))
+    else:
+        from engine.curvature.sharded_view import ShardedView, group_mean_loss
 
+        mean_loss, view = group_mean_loss(model, samples, group, loss), ShardedView(group)
+    writes = group is None or group.leader
     params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     show = cfg.eval.progress and env.is_main
-    old = get_attribute(store, "epsilon_sharpness") or {}
+    old = get_attribute(store, "epsilon_sharpness") if writes else None
+    old = (group.broadcast(old) if group is not None else old) or {}
     if s.epsilon is not None and (old.get("epsilon"), old.get("steps"), old.get("samples")) != (
             s.epsilon, s.epsilon_steps, count):
         result = epsilon_sharpness(mean_loss, params, s.epsilon, s.epsilon_steps, seed=cfg.direction.seed,
-                                   progress=show)
-        set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
+                                   progress=show, view=view)
+        if writes:
+            set_attribute(store, "epsilon_sharpness", {**result, "samples": count})
     settings = {"radius": s.adaptive_radius, "norm": s.adaptive_norm, "steps": s.adaptive_steps,
                 "average_radius": s.adaptive_average_radius, "samples": s.adaptive_samples, "eval_samples": count}
-    old = get_attribute(store, "adaptive_sharpness") or {}
+    old = get_attribute(store, "adaptive_sharpness") if writes else None
+    old = (group.broadcast(old) if group is not None else old) or {}
     if s.adaptive_radius is not None and old.get("settings") != settings:
         adaptive = adaptive_sharpness(mean_loss, params, s.adaptive_radius, s.adaptive_norm, s.adaptive_steps,
                                       s.adaptive_average_radius, s.adaptive_samples, seed=cfg.direction.seed,
-                                      progress=show)
-        set_attribute(store, "adaptive_sharpness", {**adaptive, "eval_samples": count, "settings": settings})
+                                      progress=show, view=view)
+        if writes:
+            set_attribute(store, "adaptive_sharpness", {**adaptive, "eval_samples": count, "settings": settings})
 
 
 def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:

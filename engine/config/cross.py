@@ -65,7 +65,7 @@ def check_combination(cfg: RunConfig) -> None:
                         "eval.device=cpu")
 
 
-ROW_KINDS = ("random", "file", "interpolation")  # direction kinds a sharded load makes row by row
+ROW_KINDS = ("random", "file", "interpolation", "plane")  # direction kinds a sharded load makes row by row
 
 
 def whole_load_reason(cfg: RunConfig) -> str | None:
@@ -84,6 +84,4 @@ def whole_load_reason(cfg: RunConfig) -> str | None:
         return f"direction={d.kind} is made from whole tensors (row by row: {', '.join(ROW_KINDS)})"
     if cfg.hessian.spectrum:
         return "hessian.spectrum runs on the whole model"
-    if cfg.summary.epsilon is not None or cfg.summary.adaptive_radius is not None:
-        return "the sharpness numbers are computed on the whole model (summary.epsilon / summary.adaptive_radius=null)"
     return None

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from engine.core.errors import UserError
-from engine.core.onednn import safe_autograd
 from engine.core.progress import progress_bar
+from engine.curvature.param_view import WholeView
 
 _RADIUS_RTOL = 1e-9  # grid coordinates like 0.5000000001 from linspace still count as within radius 0.5
 
@@ -31,45 +31,42 @@ def _check_epsilon_args(params: list[torch.Tensor], epsilon: float, steps: int) 
                             "pass list(model.parameters())")
 
 
-def _scalar(loss: torch.Tensor) -> float:
-    if loss.numel() != 1:
-        raise UserError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}; reduce it with .mean()")
-    return float(loss.detach())
-
-
 def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], epsilon: float,
                       steps: int = 20, seed: int = 0, random_start: bool = True,
-                      progress: bool = False) -> dict[str, float]:
+                      progress: bool = False, view: WholeView | None = None) -> dict[str, float]:
     """Keskar et al. (2017) metric 2.1 (A = I), 100 * (max - L) / (1 + L) over |delta_i| <= epsilon * (|theta_i| + 1),
     by sign-gradient PGD from a seeded random (or zero) start; loss_fn() reads the params, restored bitwise after.
-    With progress, a bar over the ascent steps (callers pass it on rank 0 only)."""
+    With progress, a bar over the ascent steps (callers pass it on rank 0 only); `view` (default: whole tensors)
+    says how the params are held, e.g. as the rows of a sharded model."""
     _check_epsilon_args(params, epsilon, steps)
-    saved = [p.detach().clone() for p in params]
+    view = view or WholeView()
+    tensors = view.tensors(params)
+    saved = [t.clone() for t in tensors]
     try:
         with torch.no_grad():
-            center = _scalar(loss_fn())
+            center = view.value(loss_fn())
         boxes = [epsilon * (s.abs() + 1) for s in saved]
         alphas = [2.5 * b / steps for b in boxes]
         if random_start:
             gen = torch.Generator().manual_seed(seed)
-            deltas = [(torch.rand(s.shape, generator=gen, dtype=torch.float64) * 2 - 1).to(s) * b
-                      for s, b in zip(saved, boxes)]
+            deltas = [(view.draw(i, s, lambda shape: torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1)
+                       * b) for i, (s, b) in enumerate(zip(saved, boxes))]
         else:
             deltas = [torch.zeros_like(s) for s in saved]
         best = center  # delta = 0 lies in the box, so sharpness >= 0; a zero start at a stationary point never moves
 
         def move_to(ds: list[torch.Tensor]) -> None:
             with torch.no_grad():
-                for p, s, d in zip(params, saved, ds):
-                    p.copy_(s + d)
+                for t, s, d in zip(tensors, saved, ds):
+                    t.copy_(s + d)
 
         with progress_bar(steps, "epsilon-sharpness", "step", progress) as bar:
             for _ in range(steps):
                 move_to(deltas)
-                with torch.enable_grad(), safe_autograd(params):
+                with torch.enable_grad():
                     loss = loss_fn()
-                    value = _scalar(loss)
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    value = view.value(loss)
+                    grads = view.grads(loss, params)
                 if value > best:
                     best = value
                 with torch.no_grad():
@@ -78,13 +75,13 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Te
                 bar.update(1)
         move_to(deltas)
         with torch.no_grad():
-            value = _scalar(loss_fn())
+            value = view.value(loss_fn())
         if value > best:
             best = value
     finally:
         with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
     return {"epsilon": float(epsilon), "loss": center, "max_loss": best,
             "sharpness": 100.0 * (best - center) / (1.0 + center), "steps": int(steps)}
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from engine.config.schema import LossConfig
 from engine.core.errors import UserError
+from engine.core.grad_modes import reading
 from engine.core.imports import import_object
 from engine.sources.losses import (
     CROSS_ENTROPY,
@@ -176,7 +177,7 @@ class CustomLoss(Loss):
         """Call the function once on a batch: its extra metrics' names become this loss's metrics, and those it
         returns summed squares for get standard errors."""
         self.squared = None
-        with torch.inference_mode():
+        with reading(model):
             sums = self.sums(self.forward(model, batch), batch)
         count = float(sums["count"])
         if not count > 0 or math.isinf(count):

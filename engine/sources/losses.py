@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.core.errors import UserError
+from engine.core.grad_modes import reading
 from engine.sources.structure import Batch
 
 STDERR = "_stderr"  # suffix of a metric's standard-error array in a store: loss_stderr, accuracy_stderr
@@ -192,7 +193,7 @@ class Loss:
 
     def probe(self, model: Model, batch: Batch) -> tuple[str, ...]:
         """The metrics this loss reports on this model and batch, after checking it can read them (one call)."""
-        with torch.inference_mode():
+        with reading(model):
             self.sums(self.forward(model, batch), batch)
         return self.metrics
 

@@ -25,6 +25,7 @@ from torch.distributed.tensor import DTensor
 
 from engine.core.dist import DistEnv
 from engine.core.errors import UserError
+from engine.core.grad_modes import reading
 from engine.directions.kinds import Directions
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.batches import EvalBatches
@@ -173,7 +174,7 @@ def group_evaluate(model: nn.Module, batches: EvalBatches, group: ShardGroup, pr
     sums: list[dict[str, torch.Tensor]] = []
     first: Batch | None = None
     n = 0
-    with torch.inference_mode():
+    with reading(model):
         for i, batch in enumerate(batches):
             first = batch if first is None else first
             n += 1

@@ -31,10 +31,10 @@ from engine.directions.vectors import (
     output_rows,
     perturbed_tensors,
     seeded_normalized,
-    to_coordinates,
     wide,
 )
 from engine.sources.rows import RowReader, check_rows_fit
+from engine.sweep.checkpoint_rows import line_rows, plane_rows, row_range
 from engine.sweep.sharded import ShardGroup, shard_model
 
 
@@ -84,13 +84,6 @@ def load_rows(model: nn.Module, reader: RowReader, group: ShardGroup) -> int:
     return blocks
 
 
-def row_range(n: int, group: ShardGroup) -> tuple[int, int]:
-    """The rows [lo, hi) of a tensor of n rows this rank holds (torch.chunk over the group, as FSDP2 cuts them)."""
-    per = -(-n // group.size)
-    lo = min(n, group.rank * per)
-    return lo, min(n, lo + per)
-
-
 def local_target(model: nn.Module, cfg: RunConfig) -> tuple[PerturbedTensors, list[bool], list[tuple[int, ...]]]:
     """The perturbed tensors as this rank's shards (DTensors' local tensors; buffers whole), which of them are cut
     into rows, and their whole shapes (what the store records)."""
@@ -125,10 +118,12 @@ def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], sh
                    ndim: int, group: ShardGroup) -> Directions:
     """direction=random (the seeded stream drawn tensor by tensor, each normalized whole, this rank's rows kept),
     direction=file (each tensor read whole from the file, one at a time, normalized, this rank's rows kept) or
-    direction=interpolation (B's rows read from its checkpoint), as this rank's rows."""
+    direction=interpolation or plane (the other models' rows read from their checkpoints), as this rank's rows."""
     d = cfg.direction
     if d.kind == "interpolation":
-        return _line(d.checkpoints[0], target, cut, shapes, group)
+        return line_rows(d.checkpoints[0], target, cut, shapes, group)
+    if d.kind == "plane":
+        return plane_rows(list(d.checkpoints), target, cut, shapes, group)
     out: list[list[torch.Tensor]] = [[] for _ in range(ndim)]
     if d.kind == "file":
         source = DirectionFile(cast(str, d.path))  # set: DirectionConfig checks it
@@ -152,26 +147,6 @@ def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], sh
 def _mine(whole: torch.Tensor, group: ShardGroup) -> torch.Tensor:
     lo, hi = row_range(whole.shape[0], group)
     return whole[lo:hi].clone()
-
-
-def _line(checkpoint: str, target: PerturbedTensors, cut: list[bool], shapes: list[tuple[int, ...]],
-          group: ShardGroup) -> Directions:
-    """The line from theta* (A, at 0) to the checkpoint B (at 1), as this rank's rows of B - A and of B."""
-    reader = RowReader(checkpoint)
-    missing = [n for n in target.names if n not in reader.names()]
-    if missing:
-        raise UserError(f"checkpoint {checkpoint} does not fit the model: missing {', '.join(missing[:3])}")
-    ends, direction = [], []
-    for name, theta, c, shape, logged in zip(target.names, target.theta, cut, shapes, target.logged):
-        if reader.shape(name) != shape:
-            raise UserError(f"checkpoint {checkpoint} does not fit the model: shape {name} {reader.shape(name)} vs "
-                            f"model {shape}")
-        rows = reader.rows(name, *row_range(shape[0], group)) if c else reader.rows(name)
-        end = rows.to(theta.device, theta.dtype)
-        a, b = to_coordinates([theta], [logged])[0], to_coordinates([rows.detach().clone()], [logged])[0]
-        direction.append((b.detach() - a.detach()).to(theta.device, theta.dtype))
-        ends.append(end)
-    return Directions([direction], end=ends, markers={"A": [0.0], "B": [1.0]}, axis_labels=["A (0) to B (1)", ""])
 
 
 def streamed_fingerprint(model: nn.Module) -> str:

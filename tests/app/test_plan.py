@@ -51,7 +51,7 @@ def plan(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_plan_times_a_model_and_tabulates_every_shard_count(lm: Path) -> None:
     done = plan(lm, "--ranks", "4", "--points", "2", "model=hf", f"model.path={lm / 'lm'}", "data=text",
                 f"data.path={lm / 'corpus.txt'}", "data.block_size=32", "loss=causal_lm", "eval.samples=8",
-                "grid.resolution=[5,5]", "grid.tile=[3,3]", "grid.preview=0")
+                "grid.resolution=[5,5]", "grid.tile=[3,3]", "grid.preview=0", "hessian.spectrum=true")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "grid 5x5: 25 points in 4 tile(s)" in lines[0]
@@ -61,7 +61,7 @@ def test_plan_times_a_model_and_tabulates_every_shard_count(lm: Path) -> None:
     gb = [float(r[2]) for r in rows]
     assert gb[0] > gb[1] > gb[2] > 0
     assert [r[4] for r in rows] == ["1", "2", "4"]  # tiles per group
-    assert lines[-1].startswith("S > 1 loads the whole model on every rank first (the sharpness numbers")
+    assert lines[-1].startswith("S > 1 loads the whole model on every rank first (hessian.spectrum runs on the whole")
     assert not (lm / "runs").exists()  # nothing written
 
 

@@ -2,11 +2,13 @@
 groups of 2 shards, a tiny GPT-2 sharded over 2 ranks (its random directions drawn, and read back from
 a store with direction=file), and that GPT-2 in bfloat16 on the line to a checkpoint give the
 store of one unsharded process bit for bit (the same forward per batch on the gathered weights, the per-batch sums
-added in batch order); a sharded run killed with SIGKILL and rerun equals an uninterrupted one; what a sharded model
-cannot do is refused in one line."""
+added in batch order), and so does the plane through it and two checkpoints, whose sharpness numbers, computed on
+the shards, agree to float32 rounding; a sharded run killed with SIGKILL and rerun equals an uninterrupted one;
+what a sharded model cannot do is refused in one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -68,11 +70,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     one_process(cwd, *SAME_PATH, *line, "name=line_one")
     done = torchrun(2, *SAME_PATH, *line, "parallel.shard=2", "name=line_s2", cwd=cwd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # the plane through theta*, B and C, made from each rank's rows, with the sharpness numbers computed on the
+    # shards (epsilon by sign steps, adaptive by l2-normalized steps: norms summed over the group)
+    torch.manual_seed(2)
+    torch.save({k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}, cwd / "c.pt")
+    plane = [*lm, "direction=plane", f"direction.checkpoints=[{cwd / 'b.pt'},{cwd / 'c.pt'}]", "direction.norm=none",
+             "summary.adaptive_norm=2", *SAME_PATH[:-2]]
+    one_process(cwd, *plane, "name=plane_one")
+    done = torchrun(2, *plane, "parallel.shard=2", "name=plane_s2", cwd=cwd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return cwd
 
 
 @pytest.mark.parametrize(("one", "sharded"), [("one", "s2"), ("one", "r2s2"), ("lm_one", "lm_s2"),
-                                              ("lm_one", "lm_file_s2"), ("line_one", "line_s2")])
+                                              ("lm_one", "lm_file_s2"), ("line_one", "line_s2"),
+                                              ("plane_one", "plane_s2")])
 def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharded: str) -> None:
     a, b = runs / "runs" / one / "landscape.zarr", runs / "runs" / sharded / "landscape.zarr"
     if one != "one":  # no preview level on the LM's grids
@@ -87,7 +99,7 @@ def test_sharded_store_equals_one_unsharded_process(runs: Path, one: str, sharde
 
 
 @pytest.mark.parametrize(("name", "reads_rows"), [("s2", True), ("r2s2", False), ("lm_s2", True), ("lm_file_s2", True),
-                                                ("line_s2", True)])
+                                                ("line_s2", True), ("plane_s2", True)])
 def test_ranks_read_only_their_rows_unless_told_to_load_whole(runs: Path, name: str, reads_rows: bool) -> None:
     """parallel.load=auto builds the model on the meta device and each rank reads its rows of the checkpoint (or of
     the Hugging Face folder's safetensors); parallel.load=whole loads it whole first. Both stores equal one process's
@@ -95,6 +107,22 @@ def test_ranks_read_only_their_rows_unless_told_to_load_whole(runs: Path, name: 
     for rank in (0, 1):
         text = (runs / "runs" / name / "logs" / f"rank{rank}.log").read_text()
         assert ("this rank read its rows of" in text) is reads_rows
+
+
+def test_sharpness_on_the_shards_equals_one_process_to_float32_rounding(runs: Path) -> None:
+    """Epsilon- and adaptive sharpness of the plane's run, each rank ascending on its rows: the same random starts
+    (drawn whole, rows kept) and steps; the losses are float32 sums added in another order (batches cut over the
+    ranks, the parts added in float64), so they agree to a few float32 roundings of the loss, not bit for bit."""
+    one, sharded = (json.loads((runs / "runs" / n / "summary.json").read_text())["sharpness"]
+                    for n in ("plane_one", "plane_s2"))
+    scale = 2e-6 * (1 + one["epsilon"]["loss"])
+    for key in ("loss", "max_loss"):
+        assert sharded["epsilon"][key] == pytest.approx(one["epsilon"][key], abs=scale)
+    assert sharded["epsilon"]["max_loss"] > sharded["epsilon"]["loss"] + 100 * scale  # the ascent climbed
+    for key in ("worst", "average"):
+        assert sharded["adaptive"][key] == pytest.approx(one["adaptive"][key], abs=scale)
+    assert sharded["adaptive"]["worst"] > 0
+    assert sharded["adaptive"]["samples"] == one["adaptive"]["samples"] == 32
 
 
 def test_groups_claim_tiles_and_leaders_write_them(runs: Path) -> None:
@@ -145,8 +173,8 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_store(runs: Path) -> No
     ([], "parallel.shard=2 needs a multiple of 2 ranks and this job has 1"),
     (["hessian.curvature=true"], "parallel.shard=2 does not support hessian.curvature"),
     (["eval.recalibrate_bn=true"], "parallel.shard=2 does not support eval.recalibrate_bn"),
-    (["parallel.load=sharded", "summary.epsilon=0.001"], "parallel.load=sharded cannot read each rank's rows here: "
-     "the sharpness numbers are computed on the whole model"),
+    (["parallel.load=sharded", "hessian.spectrum=true"], "parallel.load=sharded cannot read each rank's rows here: "
+     "hessian.spectrum runs on the whole model"),
 ])
 def test_what_a_sharded_model_cannot_do_is_refused_in_one_line(runs: Path, extra: list[str], message: str) -> None:
     ckpt = f"model.checkpoint={runs / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"

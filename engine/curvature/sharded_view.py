@@ -1,0 +1,95 @@
+"""The sharpness ascents on an FSDP2-sharded model: each rank moves its rows of every parameter (the DTensors' local
+tensors), takes the random start's rows from a draw of the whole shape (the same stream as one process), sums norms
+and the loss over its shard group, and gets its rows of the gradient from a backward through FSDP2 (its
+reduce-scatter). Hessian-vector products do not go through FSDP2; first-order gradients do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from engine.core.errors import UserError
+from engine.curvature.param_view import Draw, WholeView
+from engine.sources.losses import Loss
+from engine.sources.splits import Split
+from engine.sources.structure import to_device
+from engine.sweep.checkpoint_rows import row_range
+from engine.sweep.sharded import ShardGroup
+
+
+class ShardedView(WholeView):
+    """The params of a model sharded over `group`: loss_fn returns this rank's part of the mean loss (its batches'
+    sum over the group's item count), the view adds the parts."""
+
+    def __init__(self, group: ShardGroup) -> None:
+        self.group = group
+        self.cut: list[bool] = []
+        self.shapes: list[tuple[int, ...]] = []
+
+    def tensors(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.cut = [isinstance(p, DTensor) for p in params]
+        self.shapes = [tuple(p.shape) for p in params]
+        return [p.to_local().detach() if isinstance(p, DTensor) else p.detach() for p in params]
+
+    def draw(self, index: int, local: torch.Tensor, draw: Draw) -> torch.Tensor:
+        whole = draw(self.shapes[index])
+        if self.cut[index] and whole.ndim:
+            whole = whole[slice(*row_range(whole.shape[0], self.group))]
+        return whole.to(local)
+
+    def total(self, parts: list[torch.Tensor]) -> float:
+        counted = [p.double() for p, c in zip(parts, self.cut) if c or self.group.leader]  # a whole tensor once
+        local = torch.stack(counted).sum() if counted else torch.zeros((), dtype=torch.float64)
+        dist.all_reduce(local, group=self.group.group)
+        return float(local)
+
+    def value(self, loss: torch.Tensor) -> float:
+        part = super().value(loss)
+        summed = torch.tensor(part, dtype=torch.float64)
+        dist.all_reduce(summed, group=self.group.group)
+        return float(summed)
+
+    def grads(self, loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """This rank's rows of the gradient (FSDP2 averages the group's parts: a positive factor, which neither a
+        sign step nor a normalized step sees)."""
+        for p in params:
+            p.grad = None
+        loss.backward()
+        out: list[torch.Tensor | None] = []
+        for p in params:
+            g = p.grad
+            out.append(None if g is None else (g.to_local() if isinstance(g, DTensor) else g).detach())
+            p.grad = None
+        return out
+
+
+def group_mean_loss(model: nn.Module, samples: Split, group: ShardGroup, loss: Loss,
+                    batch_size: int = 256) -> Callable[[], torch.Tensor]:
+    """loss_fn of a sharded ascent: the samples cut into S x rounds near-equal contiguous batches, batch j run by the
+    group's rank j mod S (every rank runs as many forwards: FSDP2's all-gathers are collective); each call returns
+    this rank's summed loss over the group's item count, so the parts add up to the mean loss of one process."""
+    count = len(samples)
+    if count < group.size:
+        raise UserError(f"summary.sharpness_samples={count} is fewer than parallel.shard={group.size}: every shard "
+                        "runs a batch; raise summary.sharpness_samples")
+    batches = -(-count // batch_size)
+    rounds = -(-batches // group.size)
+    pieces = group.size * rounds
+    bounds = [count * j // pieces for j in range(pieces + 1)]
+    mine = [to_device(samples.batch(bounds[j], bounds[j + 1]), group.device)
+            for j in range(group.rank, pieces, group.size)]
+    items: list[torch.Tensor] = []
+
+    def mean_loss() -> torch.Tensor:
+        parts = [loss.autograd(model, batch) for batch in mine]
+        if not items:  # the group's item count (tokens, samples): the same at every point
+            total = torch.tensor(float(sum(float(p[1]) for p in parts)), dtype=torch.float64)
+            dist.all_reduce(total, group=group.group)
+            items.append(total)
+        return sum(p[0] for p in parts) / items[0].to(torch.float32)
+
+    return mean_loss
