@@ -502,7 +502,7 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
             parts = [loss.autograd(model, batch) for batch in batches]
             return cast(torch.Tensor, sum(p[0] for p in parts) / sum(p[1] for p in parts))
     else:
-        from engine.curvature.sharded_view import ShardedView, group_mean_loss
+        from engine.sweep.sharded_sharpness import ShardedView, group_mean_loss
 
         mean_loss, view = group_mean_loss(model, samples, group, loss), ShardedView(group)
     writes = group is None or group.leader

@@ -1,5 +1,5 @@
 """How a sharpness ascent reads and moves the parameters: whole tensors in one process (WholeView), or each rank's
-rows of an FSDP2-sharded model (engine.curvature.sharded_view), so epsilon- and adaptive sharpness run unchanged
+rows of an FSDP2-sharded model (engine.sweep.sharded_sharpness), so epsilon- and adaptive sharpness run unchanged
 on both. Random starts are drawn in whole shapes from one seeded stream, so every view meets the same draws."""
 
 from __future__ import annotations
