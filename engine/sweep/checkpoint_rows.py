@@ -22,13 +22,6 @@ from engine.sources.rows import RowReader
 from engine.sweep.sharded import ShardGroup
 
 
-def row_range(n: int, group: ShardGroup) -> tuple[int, int]:
-    """The rows [lo, hi) of a tensor of n rows this rank holds (torch.chunk over the group, as FSDP2 cuts them)."""
-    per = -(-n // group.size)
-    lo = min(n, group.rank * per)
-    return lo, min(n, lo + per)
-
-
 def _reader(checkpoint: str, target: PerturbedTensors, shapes: list[tuple[int, ...]]) -> RowReader:
     """The checkpoint opened for rows, refused in one line unless it holds every perturbed tensor in its shape."""
     reader = RowReader(checkpoint)
@@ -43,7 +36,7 @@ def _reader(checkpoint: str, target: PerturbedTensors, shapes: list[tuple[int, .
 
 
 def _rows(reader: RowReader, name: str, cut: bool, shape: tuple[int, ...], group: ShardGroup) -> torch.Tensor:
-    return reader.rows(name, *row_range(shape[0], group)) if cut else reader.rows(name)
+    return reader.rows(name, *group.row_range(shape[0])) if cut else reader.rows(name)
 
 
 def line_rows(checkpoint: str, target: PerturbedTensors, cut: list[bool], shapes: list[tuple[int, ...]],

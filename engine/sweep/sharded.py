@@ -59,6 +59,16 @@ class ShardGroup:
     def group(self) -> dist.ProcessGroup:
         return self.mesh.get_group()
 
+    def rows_per_rank(self, n: int) -> int:
+        """The rows of a tensor of n rows each rank holds, the last rank's padded (torch.chunk, as FSDP2 cuts)."""
+        return -(-n // self.size)
+
+    def row_range(self, n: int) -> tuple[int, int]:
+        """The rows [lo, hi) of a tensor of n rows this rank holds."""
+        per = self.rows_per_rank(n)
+        lo = min(n, self.rank * per)
+        return lo, min(n, lo + per)
+
     def broadcast(self, value: T) -> T:
         """The leader's value on every rank of the group."""
         box: list[Any] = [value]
@@ -131,10 +141,7 @@ def shard_model(model: nn.Module, group: ShardGroup) -> int:
 
 def local_rows(full: torch.Tensor, group: ShardGroup) -> torch.Tensor:
     """This rank's rows (dim 0) of a whole tensor as FSDP2 shards it (torch.chunk over the group), as a copy."""
-    n = full.shape[0]
-    per = -(-n // group.size)
-    lo = min(n, group.rank * per)
-    return full[lo : min(n, lo + per)].clone()
+    return full[slice(*group.row_range(full.shape[0]))].clone()
 
 
 def localize(model: nn.Module, target: PerturbedTensors, made: Directions,

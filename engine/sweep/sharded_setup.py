@@ -34,7 +34,7 @@ from engine.directions.vectors import (
     wide,
 )
 from engine.sources.rows import RowReader, check_rows_fit
-from engine.sweep.checkpoint_rows import line_rows, plane_rows, row_range
+from engine.sweep.checkpoint_rows import line_rows, plane_rows
 from engine.sweep.sharded import ShardGroup, shard_model
 
 
@@ -77,7 +77,7 @@ def load_rows(model: nn.Module, reader: RowReader, group: ShardGroup) -> int:
                 continue  # tied: filled under its first name
             if isinstance(t, DTensor):
                 local = t.to_local()
-                lo, hi = row_range(t.shape[0], group)
+                lo, hi = group.row_range(t.shape[0])
                 local.copy_(reader.rows(n, lo, hi))
             else:
                 t.copy_(reader.rows(n))
@@ -106,7 +106,7 @@ def gathered(local: list[torch.Tensor], cut: list[bool], shapes: list[tuple[int,
         if not c:
             yield t
             continue
-        per = -(-shape[0] // group.size)
+        per = group.rows_per_rank(shape[0])
         padded = t.new_zeros((per, *shape[1:]))
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(group.size)]
@@ -145,7 +145,7 @@ def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], sh
 
 
 def _mine(whole: torch.Tensor, group: ShardGroup) -> torch.Tensor:
-    lo, hi = row_range(whole.shape[0], group)
+    lo, hi = group.row_range(whole.shape[0])
     return whole[lo:hi].clone()
 
 

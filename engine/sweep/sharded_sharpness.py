@@ -17,7 +17,6 @@ from engine.curvature.param_view import Draw, WholeView
 from engine.sources.losses import Loss
 from engine.sources.splits import Split
 from engine.sources.structure import to_device
-from engine.sweep.checkpoint_rows import row_range
 from engine.sweep.sharded import ShardGroup
 
 
@@ -38,7 +37,7 @@ class ShardedView(WholeView):
     def draw(self, index: int, local: torch.Tensor, draw: Draw) -> torch.Tensor:
         whole = draw(self.shapes[index])
         if self.cut[index] and whole.ndim:
-            whole = whole[slice(*row_range(whole.shape[0], self.group))]
+            whole = whole[slice(*self.group.row_range(whole.shape[0]))]
         return whole.to(local)
 
     def total(self, parts: list[torch.Tensor]) -> float:
