@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.app import autogrid, stages
 from engine.app.provenance import ranks_and_devices, write_provenance
-from engine.app.row_load import deferred_writer, reads_rows, row_directions, row_model, row_target
+from engine.app.row_load import deferred_check, deferred_writer, reads_rows, row_directions, row_model, row_target
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, on_main, process_group
@@ -114,8 +114,10 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
         with memory.stage("store"):
             spec = stages.store_spec(cfg, resolved, levels, target, made, fingerprint, loss.metrics, rows)
             spec.attrs.update(autogrid.layout_attrs(cfg, auto))
-            writer = None if group is None or rows is None else deferred_writer(made, rows, group)
-            store = held.enter_context(stages.held_store(cfg, resolved, spec, env, writer))
+            writer = checker = None
+            if group is not None and rows is not None:
+                writer, checker = deferred_writer(made, rows, group), deferred_check(made, target.names, rows, group)
+            store = held.enter_context(stages.held_store(cfg, resolved, spec, env, writer, checker))
             spec.directions = []  # written: the store's lease keeps the spec, not the directions (a sharded run
             # lets go of the whole ones once it has cut its rows)
         release_freed_memory()  # the directions' chunk buffers and codecs' scratch

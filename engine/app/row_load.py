@@ -17,12 +17,14 @@ from torch import nn
 from engine.config.cross import whole_load_reason
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, check_same
+from engine.core.errors import UserError
 from engine.directions.kinds import Directions
 from engine.directions.kinds import in_dtype as directions_in_dtype
 from engine.directions.vectors import PerturbedTensors
 from engine.sources.models import build_model
 from engine.sources.splits import DataBundle
 from engine.store.layout import StoreSpec, write_deferred
+from engine.store.stored_directions import differing_message, first_difference
 
 if TYPE_CHECKING:  # FSDP2's modules load only for sharded runs
     from engine.sweep.sharded import ShardGroup
@@ -108,3 +110,20 @@ def deferred_writer(made: Directions, rows: Rows, group: ShardGroup) -> Callable
             write_deferred(path, k, spec, gathered(made.directions[k], rows.cut, rows.shapes, group),
                            part=group.rank, parts=group.size, create=False)
     return write
+
+
+def deferred_check(made: Directions, names: list[str], rows: Rows, group: ShardGroup) -> Callable[[Path], None]:
+    """What checks a resumed store's directions against the run's: each rank of the first replica group reads back
+    only its rows and compares them; any rank's difference refuses the run on every rank, in one line."""
+
+    def check(path: Path) -> None:
+        found = None
+        if group.replica == 0:
+            ranges = [group.row_range(shape[0]) if cut else None for cut, shape in zip(rows.cut, rows.shapes)]
+            found = first_difference(path, names, rows.shapes, made.directions, ranges)
+        every: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, found)
+        first = next((f for f in every if f is not None), None)
+        if first is not None:
+            raise UserError(differing_message(path, first))
+    return check

@@ -54,10 +54,11 @@ from engine.sources.train import train_model
 from engine.store.assemble import assemble
 from engine.store.grid import GridPlan
 from engine.store.integrity import summary_line
-from engine.store.layout import StoreSpec, get_attribute, open_existing, open_store, set_attribute
+from engine.store.layout import StoreSpec, get_attribute, open_existing, open_store, set_attribute, store_attrs
 from engine.store.lease import StoreLease
 from engine.store.repair import repair_store
 from engine.store.spectra import hessian_settings, same_numbers, set_tolerance, stored_spectrum_config, write_spectrum
+from engine.store.stored_directions import CHECKED_KINDS, differing_message, first_difference
 from engine.store.tiles import Work, pending_work
 from engine.sweep.runner import choose_batch_size, make_runner
 from engine.sweep.tiles import sweep_tiles
@@ -309,23 +310,32 @@ def store_spec(cfg: RunConfig, resolved: dict[str, Any], levels: dict[str, GridP
 
 @contextmanager
 def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: DistEnv,
-               write_deferred: Callable[[Path, StoreSpec, list[int]], None] | None = None) -> Iterator[Path]:
-    """Rank 0 takes the store's lease and opens (or creates) the store, refusing one of another config; the lease
-    is held until the block ends. Only then does the run folder get its config record and rank logs. Directions the
-    spec defers (a sharded load) are then written by every rank together through write_deferred."""
+               write_deferred: Callable[[Path, StoreSpec, list[int]], None] | None = None,
+               check_deferred: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Rank 0 takes the store's lease and opens (or creates) the store, refusing one of another config, or a resumed
+    one whose directions differ from the run's; the lease is held until the block ends. Only then does the run folder
+    get its config record and rank logs. Directions the spec defers (a sharded load) are then written by every rank
+    together through write_deferred, and on resume checked by every rank, each its rows, through check_deferred."""
     run_dir, path = run_dir_of(cfg), store_path_of(cfg)
     lease = StoreLease(path, ttl=cfg.store.lease_ttl)
 
     notes: list[str] = []
     todo: list[int] = []
+    resumed = [False]
 
     def create() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         lease.acquire()
         try:
+            attrs = store_attrs(path) if path.exists() else None
+            resumed[0] = (attrs is not None and not attrs.get("creating") and not cfg.store.overwrite
+                          and cfg.direction.kind in CHECKED_KINDS)
             open_store(path, spec, overwrite=cfg.store.overwrite)
             repaired = repair_store(path, spec)
             todo.extend(repaired.directions)
+            found = first_difference(path, spec.names, spec.shapes, spec.directions) if resumed[0] else None
+            if found is not None:
+                raise UserError(differing_message(path, found))
         except BaseException:
             lease.release()
             raise
@@ -341,6 +351,8 @@ def held_store(cfg: RunConfig, resolved: dict[str, Any], spec: StoreSpec, env: D
     try:
         if write_deferred is not None:
             write_deferred(path, spec, broadcast_value(env, todo))
+        if check_deferred is not None and broadcast_value(env, resumed[0]):
+            check_deferred(path)
         barrier()
         rank_log(run_dir, env)  # only once the store accepted this config: a refused rerun leaves the folder as it was
         for note in notes:

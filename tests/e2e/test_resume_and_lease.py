@@ -135,3 +135,20 @@ def test_stopped_run_draws_its_complete_coarse_preview(tmp_path):
     surface, state = surface_to_draw(result.store)
     assert surface.metrics["loss"].shape == (6, 4) and "coarse preview, 3/12 tiles done" in state
     np.testing.assert_array_equal(surface.metrics["loss"], read_surface(result.store).metrics["loss"][::3, ::3])
+
+
+def test_resume_refuses_a_store_whose_directions_are_not_the_runs(tmp_path):
+    """Same config, same weights, other directions in the store (as when a direction file or checkpoint is rewritten
+    under the same path): the rerun refuses in one line naming the direction and tensor, and changes nothing."""
+    cfg, resolved = make_cfg(tmp_path, "name=d")
+    first = run_landscape(cfg, resolved, log=False)
+    root = zarr.open_group(first.store, mode="r+")
+    d1 = root["directions/d1"]
+    d1[:] = np.asarray(d1[:]) * 1.01  # one per cent: far beyond rounding
+    root["done"][1:2, 0:1] = 0  # a tile left to sweep
+    before = read_surface(first.store).metrics["loss"].copy()
+    name = d1.attrs["names"][0]
+    with pytest.raises(UserError, match=rf"holds other directions than this run makes \(d1, tensor {name}\)"):
+        run_landscape(cfg, resolved, log=False)
+    np.testing.assert_array_equal(read_surface(first.store).metrics["loss"], before)
+    assert not read_surface(first.store).done.all()

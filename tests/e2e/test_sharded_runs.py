@@ -3,7 +3,8 @@ groups of 2 shards, a tiny GPT-2 sharded over 2 ranks (its random directions dra
 a store with direction=file), and that GPT-2 in bfloat16 on the line to a checkpoint give the
 store of one unsharded process bit for bit (the same forward per batch on the gathered weights, the per-batch sums
 added in batch order), and so does the plane through it and two checkpoints, whose sharpness numbers, computed on
-the shards, agree to float32 rounding; a sharded run killed with SIGKILL and rerun equals an uninterrupted one;
+the shards, agree to float32 rounding; a sharded run killed with SIGKILL and rerun equals an uninterrupted one, and a
+rerun over a store whose directions are not the run's is refused;
 what a sharded model cannot do is refused in one line."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from engine.store.read import read_directions, read_surface
 from helpers import ENV, GRID, TINY, assert_same_store, torchrun
@@ -167,6 +169,12 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_store(runs: Path) -> No
     assert "recomputing 0 damaged tile(s) (directions/d1/c/0" in done.stdout
     for da, db in zip(before, read_directions(store)):
         assert all(np.array_equal(da[k], db[k]) for k in da)
+    # rerun over directions that are not the run's: the last tensor's last rows (rank 1's) moved in the store
+    d0 = zarr.open_group(store, mode="r+")["directions/d0"]
+    d0[-3:] = np.asarray(d0[-3:]) + 0.5
+    done = torchrun(2, *args, cwd=runs)
+    assert done.returncode != 0
+    assert "holds other directions than this run makes (d0, tensor " in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(("extra", "message"), [
