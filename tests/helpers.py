@@ -33,6 +33,10 @@ TINY = ["model.width=4", "train.epochs=1", "eval.samples=64", "eval.progress=fal
 # The grid of the multi-process runs (torchrun, submitit, SLURM): 9 full tiles of 3x3 and 4 preview tiles.
 GRID = ["grid.resolution=[9,8]", "grid.tile=[3,3]", "grid.preview=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process: stores compare bitwise
+# in place, one point at a time, contiguous weights: the path a sharded model (parallel.shard) takes, so its stores
+# compare bitwise with one process's given these too
+SAME_PATH = ["eval.points_per_pass=1", "eval.rewrites=[]", "eval.channels_last=false", "eval.batch_size=16",
+             "summary.epsilon=null", "summary.adaptive_radius=null"]
 
 
 def make_cfg(out_dir: Path, *overrides: str) -> tuple[RunConfig, dict[str, Any]]:

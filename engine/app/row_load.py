@@ -86,7 +86,7 @@ def row_directions(cfg: RunConfig, model: nn.Module, target: PerturbedTensors, r
     the fingerprint from whole tensors gathered one at a time, the directions compared shard by shard."""
     from engine.sweep.sharded_setup import check_shards_agree, row_directions, streamed_fingerprint
 
-    made = row_directions(cfg, target, rows.cut, rows.shapes, ndim, group)
+    made = row_directions(cfg, target, rows.cut, rows.shapes, ndim, group, cfg.eval.progress and env.is_main)
     made = directions_in_dtype(made, getattr(torch, cfg.direction.dtype))
     fingerprint = streamed_fingerprint(model)
     check_same(env, "model weights (fingerprints)", fingerprint)

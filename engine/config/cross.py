@@ -65,7 +65,7 @@ def check_combination(cfg: RunConfig) -> None:
                         "eval.device=cpu")
 
 
-ROW_KINDS = ("random", "file", "interpolation", "plane")  # direction kinds a sharded load makes row by row
+ROW_KINDS = ("random", "file", "interpolation", "plane", "pca")  # direction kinds a sharded load makes row by row
 
 
 def whole_load_reason(cfg: RunConfig) -> str | None:

@@ -18,6 +18,7 @@ from engine.directions.kinds import Directions
 from engine.directions.trajectory import (
     interpolation_direction,
     list_checkpoints,
+    pc_labels,
     plane_through,
     trajectory_pca,
 )
@@ -77,7 +78,6 @@ def pca(folder: Path, model: nn.Module, names: list[str], theta: list[torch.Tens
     files = list_checkpoints(folder)
     result = trajectory_pca(names, lambda i: _coordinates(load_state(files[i], model), in_log), len(files),
                             _origin(names, theta, in_log), where=str(folder), progress=progress)
-    labels = [f"PC{k + 1} ({result.explained[k]:.1%} of the variance)" for k in range(2)]
     return Directions([_on_device(v, theta) for v in result.directions], markers={"final": [0.0, 0.0]},
-                      axis_labels=labels, trajectory=np.asarray(result.coords, dtype=np.float64),
+                      axis_labels=pc_labels(result.explained), trajectory=np.asarray(result.coords, dtype=np.float64),
                       explained=[float(e) for e in result.explained])

@@ -85,9 +85,7 @@ def trajectory_pca(
     that coordinate is 0, the largest-magnitude component of the direction is made positive. With progress, a bar
     over the checkpoint loads (count, or 2 count + count (count + 1) / 2 streamed) gives the ETA.
     """
-    if count < 3:
-        raise UserError(f"PCA of a trajectory needs at least 3 checkpoints (2 span a single direction once centred), "
-                        f"found {count} in {where}; save more epochs")
+    check_trajectory(count, where)
     shapes = _shapes(names, final, f"final model of {where}")
     anchor = _flat(final, names, shapes, f"final model of {where}")
     held = count * anchor.numel() * 8 <= max_bytes
@@ -105,7 +103,7 @@ def trajectory_pca(
                 x[i] = delta(i)
             mean = x.mean(0)
             x -= mean
-            weights, s, total = _top_two(x @ x.T, where)
+            weights, s, total = top_two(x @ x.T, where)
             basis = (weights.T @ x) / s.sqrt()[:, None]
         else:
             mean = torch.zeros_like(anchor)
@@ -118,7 +116,7 @@ def trajectory_pca(
                 gram[i, i] = xi @ xi
                 for j in range(i + 1, count):
                     gram[i, j] = gram[j, i] = xi @ (delta(j) - mean)
-            weights, s, total = _top_two(gram, where)
+            weights, s, total = top_two(gram, where)
             basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
             for i in range(count):
                 xi = delta(i) - mean
@@ -127,10 +125,7 @@ def trajectory_pca(
             basis /= s.sqrt()[:, None]
     # <x_i, d_k> = sqrt(s_k) V[i, k] for the centred x_i; the mean adds back the offset of the uncentred deltas.
     coords = weights * s.sqrt() + basis @ mean
-    for k in range(2):
-        first = float(coords[0, k])
-        scale = float(coords[:, k].abs().max())
-        flip = first > 0 if abs(first) > 1e-12 * scale else float(basis[k, int(basis[k].abs().argmax())]) < 0
+    for k, flip in enumerate(flips(coords, lambda k: float(basis[k, int(basis[k].abs().argmax())]))):
         if flip:
             coords[:, k].neg_()
             basis[k].neg_()
@@ -149,7 +144,31 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _top_two(gram: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pc_labels(explained: tuple[float, float] | list[float]) -> list[str]:
+    """The axis labels of a PCA plane: each component with its share of the variance."""
+    return [f"PC{k + 1} ({explained[k]:.1%} of the variance)" for k in range(2)]
+
+
+def check_trajectory(count: int, where: str) -> None:
+    """Refuse a trajectory of fewer than 3 checkpoints in one line."""
+    if count < 3:
+        raise UserError(f"PCA of a trajectory needs at least 3 checkpoints (2 span a single direction once centred), "
+                        f"found {count} in {where}; save more epochs")
+
+
+def flips(coords: torch.Tensor, largest_entry: Callable[[int], float]) -> list[bool]:
+    """Which of the two directions to negate so that the first checkpoint's coordinate is negative (the path runs
+    towards the final model at the origin); where it is 0, so that direction k's largest-magnitude entry (the first
+    such, largest_entry(k)) is positive."""
+    out = []
+    for k in range(2):
+        first = float(coords[0, k])
+        scale = float(coords[:, k].abs().max())
+        out.append(first > 0 if abs(first) > 1e-12 * scale else largest_entry(k) < 0)
+    return out
+
+
+def top_two(gram: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eigenvectors [count, 2] and eigenvalues of the two largest eigenvalues of gram, and the total variance."""
     values, vectors = torch.linalg.eigh(gram)
     s, weights = values.flip(0)[:2], vectors.flip(1)[:, :2]

@@ -1,22 +1,35 @@
-"""Directions through other checkpoints made as this rank's rows (a sharded load): the line from theta* (A) to B, and
-the plane through A, B and C. Each rank reads only its rows of B and C; the plane's Gram-Schmidt runs in float64 on
-the rows, every inner product summed over the shard group (a tensor every rank holds whole, a buffer, counted once).
+"""Directions through other checkpoints made as this rank's rows (a sharded load): the line from theta* (A) to B, the
+plane through A, B and C, and the PCA plane of a trajectory. Each rank reads only its rows of the checkpoints; the
+plane's Gram-Schmidt and the PCA's Gram matrix run in float64 on the rows, every inner product summed over the shard
+group (a tensor every rank holds whole, a buffer, counted once).
 
-The line's rows are an unsharded run's bit for bit. The plane's are equal to float64 rounding before they are put in
-the model's dtype: its inner products are added in another order than one flat vector's (per rank and tensor, then
+The line's rows are an unsharded run's bit for bit. The planes' are equal to float64 rounding before they are put in
+the model's dtype: their inner products are added in another order than one flat vector's (per rank and tensor, then
 over the ranks), so a rare entry of a direction may round to the neighbouring float32.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from engine.core.errors import UserError
+from engine.core.progress import progress_bar
 from engine.directions.kinds import Directions
-from engine.directions.trajectory import COLLINEAR_TOL
+from engine.directions.trajectory import (
+    COLLINEAR_TOL,
+    MAX_BYTES,
+    check_trajectory,
+    flips,
+    list_checkpoints,
+    pc_labels,
+    top_two,
+)
 from engine.directions.vectors import PerturbedTensors, to_coordinates
 from engine.sources.rows import RowReader
 from engine.sweep.sharded import ShardGroup
@@ -91,3 +104,86 @@ def plane_rows(checkpoints: list[str], target: PerturbedTensors, cut: list[bool]
     markers = {"A": [0.0, 0.0], "B": [x_b, 0.0], "C": [dot(w, e1), dot(w, e2)]}
     basis = [[t.to(theta.device, theta.dtype) for t, theta in zip(e, target.theta)] for e in (e1, e2)]
     return Directions(basis, markers=markers, axis_labels=["e1 (along B - A)", "e2"])
+
+
+def pca_rows(folder: Path, target: PerturbedTensors, cut: list[bool], shapes: list[tuple[int, ...]],
+             group: ShardGroup, progress: bool = False, max_bytes: int = MAX_BYTES) -> Directions:
+    """The top two principal components of the trajectory epoch_*.pt in folder, relative to theta*
+    (engine.directions.trajectory.trajectory_pca), as this rank's rows: each checkpoint's rows read, the count x count
+    Gram matrix of the centred deltas summed over the group, the components' rows made from this rank's deltas.
+    The deltas are held when they fit max_bytes on this rank, else streamed (about count^2 / 2 row reads)."""
+    files = list_checkpoints(folder)
+    check_trajectory(len(files), str(folder))
+    readers = [_reader(str(f), target, shapes) for f in files]
+    anchor = torch.cat([to_coordinates([theta.detach().cpu()], [logged])[0].double().reshape(-1)
+                        for theta, logged in zip(target.theta, target.logged)])
+    spans: list[tuple[int, int, bool, int]] = []  # each tensor's slice of this rank's flat vector, whether this rank
+    start = whole = 0  # counts it, and the whole flat vector's index of the slice's first entry
+    for theta, c, shape in zip(target.theta, cut, shapes):
+        lo = group.row_range(shape[0])[0] if c else 0
+        spans.append((start, start + theta.numel(), c or group.leader, whole + lo * math.prod(shape[1:])))
+        start, whole = start + theta.numel(), whole + math.prod(shape)
+    count = len(files)
+    held = count * anchor.numel() * 8 <= max_bytes
+    bar = progress_bar(count if held else 2 * count + count * (count + 1) // 2, "pca trajectory", "ckpt",
+                       progress)
+
+    def delta(i: int) -> torch.Tensor:
+        bar.update(1)
+        return torch.cat([to_coordinates([_rows(readers[i], n, c, s, group).detach().clone()], [logged])[0]
+                          .double().reshape(-1) for n, c, s, logged in zip(target.names, cut, shapes, target.logged)]
+                         ) - anchor
+
+    def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # this rank's part: each entry counted on one rank
+        return sum((x[..., a:b] @ y[..., a:b].mT for a, b, on, _ in spans if on),
+                   torch.zeros(x.shape[:-1] + y.shape[:-1], dtype=torch.float64))
+
+    with bar:
+        if held:
+            x = torch.stack([delta(i) for i in range(count)])
+            mean = x.mean(0)
+            x -= mean
+            gram = dot(x, x)
+        else:
+            mean = sum((delta(i) for i in range(count)), torch.zeros_like(anchor)) / count
+            gram = torch.empty(count, count, dtype=torch.float64)
+            for i in range(count):
+                xi = (delta(i) - mean)[None]
+                gram[i, i] = dot(xi, xi)[0, 0]
+                for j in range(i + 1, count):
+                    gram[i, j] = gram[j, i] = dot(xi, (delta(j) - mean)[None])[0, 0]
+        dist.all_reduce(gram, group=group.group)
+        weights, s, total = top_two(gram, str(folder))
+        if held:
+            basis = weights.T @ x
+        else:
+            basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
+            for i in range(count):
+                xi = delta(i) - mean
+                basis[0].add_(xi, alpha=float(weights[i, 0]))
+                basis[1].add_(xi, alpha=float(weights[i, 1]))
+        basis /= s.sqrt()[:, None]
+    offset = dot(basis, mean[None])[:, 0]
+    dist.all_reduce(offset, group=group.group)
+    coords = weights * s.sqrt() + offset
+
+    def largest_entry(k: int) -> float:  # the first entry of largest magnitude over the whole flat vector
+        best = (-1.0, 0, 0.0)
+        for a, b, on, first in spans:
+            if on and b > a:
+                j = int(basis[k, a:b].abs().argmax())
+                value = float(basis[k, a + j])
+                best = max(best, (abs(value), -(first + j), value))
+        every: list[Any] = [None] * group.size
+        dist.all_gather_object(every, best, group=group.group)
+        return max(every)[2]
+
+    for k, flip in enumerate(flips(coords, largest_entry)):
+        if flip:
+            coords[:, k].neg_()
+            basis[k].neg_()
+    explained = (float(s[0] / total), float(s[1] / total))
+    directions = [[basis[k, a:b].float().reshape(theta.shape).to(theta.device, theta.dtype)
+                   for (a, b, _, _), theta in zip(spans, target.theta)] for k in range(2)]
+    return Directions(directions, markers={"final": [0.0, 0.0]}, axis_labels=pc_labels(explained),
+                      trajectory=np.asarray(coords, dtype=np.float64), explained=list(explained))

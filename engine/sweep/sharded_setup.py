@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -34,7 +35,7 @@ from engine.directions.vectors import (
     wide,
 )
 from engine.sources.rows import RowReader, check_rows_fit
-from engine.sweep.checkpoint_rows import line_rows, plane_rows
+from engine.sweep.checkpoint_rows import line_rows, pca_rows, plane_rows
 from engine.sweep.sharded import ShardGroup, shard_model
 
 
@@ -115,15 +116,19 @@ def gathered(local: list[torch.Tensor], cut: list[bool], shapes: list[tuple[int,
 
 
 def row_directions(cfg: RunConfig, target: PerturbedTensors, cut: list[bool], shapes: list[tuple[int, ...]],
-                   ndim: int, group: ShardGroup) -> Directions:
+                   ndim: int, group: ShardGroup, progress: bool = False) -> Directions:
     """direction=random (the seeded stream drawn tensor by tensor, each normalized whole, this rank's rows kept),
     direction=file (each tensor read whole from the file, one at a time, normalized, this rank's rows kept) or
-    direction=interpolation or plane (the other models' rows read from their checkpoints), as this rank's rows."""
+    direction=interpolation, plane or pca (the other models' rows read from their checkpoints), as this rank's rows;
+    with progress, pca's bar over the checkpoints read."""
     d = cfg.direction
     if d.kind == "interpolation":
         return line_rows(d.checkpoints[0], target, cut, shapes, group)
     if d.kind == "plane":
         return plane_rows(list(d.checkpoints), target, cut, shapes, group)
+    if d.kind == "pca":  # the trajectory, else the run's own checkpoints (a sharded load never trains)
+        folder = Path(d.trajectory) if d.trajectory else Path(cfg.out_dir) / cfg.name / "checkpoints"
+        return pca_rows(folder, target, cut, shapes, group, progress)
     out: list[list[torch.Tensor]] = [[] for _ in range(ndim)]
     if d.kind == "file":
         source = DirectionFile(cast(str, d.path))  # set: DirectionConfig checks it

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from engine.app.landscape import run_landscape
 from engine.directions.vectors import log_space, perturbed_tensors
@@ -31,7 +32,7 @@ from engine.sources.models import CifarResNet, build_model
 from engine.sources.splits import Split, subsample
 from engine.store.read import read_directions, read_surface
 from engine.sweep.perturb import Perturber
-from helpers import ENV, GRID, TINY, assert_same_store, make_cfg, run_cli, torchrun
+from helpers import ENV, GRID, SAME_PATH, TINY, assert_same_store, make_cfg, run_cli, torchrun
 
 LINE = ["grid=line", "grid.resolution=[5]", "grid.x=[-0.5,1.5]", "grid.tile=[3]", "grid.preview=0"]
 
@@ -121,8 +122,6 @@ def test_pca_of_the_run_trajectory(trained):
     explained = surface.attrs["explained_variance"]
     assert explained[0] >= explained[1] > 0 and sum(explained) == pytest.approx(1.0)  # 3 checkpoints: 2 components
     assert "% of the variance" in surface.attrs["axis_labels"][0]
-    import zarr
-
     coords = np.asarray(zarr.open_group(result.store, mode="r")["trajectory/coords"][...])
     assert coords.shape == (3, 2) and np.allclose(coords[-1], 0.0, atol=1e-5)  # epoch_003 is the final model
     d0, d1 = (torch.cat([t.reshape(-1) for t in d.values()]) for d in read_directions(result.store))
@@ -150,14 +149,27 @@ def test_bad_checkpoint_inputs_give_one_line(trained, tmp_path):
         assert len(lines) == 1 and message in lines[0], done.stderr
 
 
-def test_pca_plane_on_two_ranks_equals_one_process(trained):
+def test_pca_plane_on_two_ranks_and_on_shards_equals_one_process(trained):
+    """Two ranks that each make the PCA plane whole give one process's store bit for bit; two ranks that shard the
+    model (parallel.shard=2) and read only their rows of every checkpoint, the Gram matrix summed over them, give the
+    same plane to float64 rounding (the inner products added in another order), so the same store bit for bit here,
+    and directions equal to a float32 rounding."""
     out, ckpt = trained
-    args = [f"model.checkpoint={ckpt / 'final.pt'}", "direction=pca", f"direction.trajectory={ckpt}",
-            "summary.epsilon=null"]
+    args = [f"model.checkpoint={ckpt / 'final.pt'}", "direction=pca", f"direction.trajectory={ckpt}", *SAME_PATH]
     one = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *args,
                           f"out_dir={out}", "name=pca_one"], cwd=out, env=ENV, capture_output=True, text=True,
                          timeout=300)  # one thread, as each torchrun rank has: the stores compare bitwise
     assert one.returncode == 0, one.stderr
-    two = torchrun(2, *args, f"out_dir={out}", "name=pca_two", cwd=out)
-    assert two.returncode == 0, two.stdout + two.stderr
-    assert_same_store(out / "pca_one" / "landscape.zarr", out / "pca_two" / "landscape.zarr")
+    for name, extra in (("pca_two", []), ("pca_s2", ["parallel.shard=2"])):
+        two = torchrun(2, *args, *extra, f"out_dir={out}", f"name={name}", cwd=out)
+        assert two.returncode == 0, two.stdout + two.stderr
+        assert_same_store(out / "pca_one" / "landscape.zarr", out / name / "landscape.zarr")
+    assert "this rank read its rows of" in (out / "pca_s2" / "logs" / "rank1.log").read_text()
+    a, b = (zarr.open_group(out / n / "landscape.zarr", mode="r") for n in ("pca_one", "pca_s2"))
+    np.testing.assert_allclose(b["trajectory/coords"][...], a["trajectory/coords"][...], rtol=1e-9, atol=1e-12)
+    assert b.attrs["explained_variance"] == pytest.approx(a.attrs["explained_variance"], rel=1e-12)
+    for da, db in zip(read_directions(out / "pca_one" / "landscape.zarr"), read_directions(out / "pca_s2" /
+                                                                                          "landscape.zarr")):
+        for k in da:
+            x, y = np.asarray(da[k]), np.asarray(db[k])
+            np.testing.assert_allclose(y, x, rtol=0, atol=2e-7 * np.abs(x).max())

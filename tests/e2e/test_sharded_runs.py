@@ -23,12 +23,9 @@ import pytest
 import zarr
 
 from engine.store.read import read_directions, read_surface
-from helpers import ENV, GRID, TINY, assert_same_store, torchrun
+from helpers import ENV, GRID, SAME_PATH, TINY, assert_same_store, torchrun
 from hf_fixtures import save_tiny_lm, tiny_text
 
-# in place, one point at a time, contiguous weights: the path a sharded model takes, so the stores compare bitwise
-SAME_PATH = ["eval.points_per_pass=1", "eval.rewrites=[]", "eval.channels_last=false", "eval.batch_size=16",
-             "summary.epsilon=null", "summary.adaptive_radius=null"]
 LM = ["model=hf", "data=text", "data.block_size=32", "loss=causal_lm", "eval.samples=24", "eval.batch_size=4",
       "grid.resolution=[3,3]", "grid.tile=[2,2]", "grid.preview=0"]
 
