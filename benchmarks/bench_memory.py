@@ -10,8 +10,10 @@ engine resets the high-water mark at each stage, so at exit it holds the last st
 that imports the engine's CLI, torch and transformers (no model), under `/usr/bin/time -v` (it resets nothing), in
 the same run. Printed per setting: peak RSS, peak beyond the baseline, that over the weights' float32 bytes ("x the
 weights": the model itself, theta*, the two directions and the activations together; the floor is about 4) and in
-bytes per parameter, and wall time. A process's fixed costs grow past the imports once it runs: the tokenizer and the
-tokenized text, the pages of torch's and transformers' libraries that the first forward touches, the store's codecs.
+bytes per parameter, and wall time. A process's fixed costs grow past the imports once it runs: the model family's
+code (transformers' GPT-2 module imports torch._dynamo, sympy, scipy and torchvision: "x w, code" is the peak beyond a
+baseline that imports it too), the tokenizer and the tokenized text, the pages of torch's and transformers' libraries
+that the first forward touches, the store's codecs.
 So each setting also runs on a GPT-2 of 1 layer x 96 (the same tokenizer), and the last column is the difference of
 the two runs' peaks over the difference of their parameters: the bytes each parameter of the model costs.
 
@@ -37,6 +39,9 @@ from pathlib import Path
 WORDS = ["the", "model", "loss", "basin", "sharp", "flat", "minimum", "weight", "direction", "plane", "grid", "point",
          "curve", "valley", "ridge", "step", "data", "train", "test", "batch", "layer", "norm", "label", "path"]
 BASE = "import engine.app.cli, torch, transformers"  # the process baseline: what any run imports, no model
+# the same with the model family's code imported: transformers' GPT-2 module pulls in torch._dynamo, sympy, scipy and
+# torchvision (about 2000 modules, 0.23 GB here), a fixed cost of any GPT-2 whatever its size
+CODE_BASE = BASE + "; import transformers.models.gpt2.modeling_gpt2"
 COUNT = ("import transformers; m = transformers.AutoModelForCausalLM.from_pretrained({path!r}); "
          "print(sum(p.numel() for p in m.parameters()))")
 
@@ -99,10 +104,11 @@ def main() -> None:
     params, tiny_params = (int(subprocess.run([sys.executable, "-c", COUNT.format(path=str(m))], capture_output=True,
                                               text=True, check=True).stdout.strip().splitlines()[-1])
                            for m in (model, tiny))
-    base = peak([sys.executable, "-c", BASE], work)[0]
+    base, code_base = (peak([sys.executable, "-c", b], work)[0] for b in (BASE, CODE_BASE))
     weights = 4 * params
     print(f"GPT-2 {args.layers} layers x {args.width}, vocab {args.vocab}: {params / 1e6:.1f}M parameters, "
-          f"{weights / 1e6:.0f} MB in float32; process baseline (the imports, no model) {base / 1e9:.2f} GB peak")
+          f"{weights / 1e6:.0f} MB in float32; process baseline (the imports, no model) {base / 1e9:.2f} GB peak, "
+          f"{code_base / 1e9:.2f} GB with GPT-2's code imported too (x w, code: beyond that one)")
     common = ["model=hf", "data=text", f"data.path={corpus}", "loss=causal_lm",
               "grid.resolution=[3,3]", "grid.preview=0", "eval.samples=8", "summary.epsilon=null",
               "summary.adaptive_radius=null", "eval.progress=false", "plot.formats=[png]"]
@@ -116,8 +122,9 @@ def main() -> None:
         "2 ranks, S=2, whole": ([*k1, "parallel.shard=2", "parallel.load=whole"], 2)}
     if args.only is not None:
         settings = {k: v for k, v in settings.items() if any(k.startswith(p) for p in args.only)}
-    print(f"{'setting':<28}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'bytes/param':>13}{'s/point':>9}"
-          f"{'B/param vs 1x96':>17}   stages: peak (what it leaves held), bytes/param beyond the run's start")
+    print(f"{'setting':<28}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'x w, code':>11}"
+          f"{'bytes/param':>13}{'s/point':>9}{'B/param vs 1x96':>17}   "
+          "stages: peak (what it leaves held), bytes/param beyond the run's start")
     for k, (name, (extra, nproc)) in enumerate(settings.items()):
         cli = [sys.executable, "-c", "from engine.app.cli import main; main()"] if nproc == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
@@ -132,7 +139,8 @@ def main() -> None:
             per_param = (rss - tiny_rss) / (params - tiny_params)
             label = name if nproc == 1 else f"{name}, rank {rank}"
             print(f"{label:<28}{rss / 1e9:>9.2f}{beyond / 1e9:>16.2f}{beyond / weights:>11.2f}"
-                  f"{beyond / params:>13.1f}{point_seconds(logs[0]):>9.2f}{per_param:>17.1f}   {by_stage}")
+                  f"{(rss - code_base) / weights:>11.2f}{beyond / params:>13.1f}{point_seconds(logs[0]):>9.2f}"
+                  f"{per_param:>17.1f}   {by_stage}")
     print("s/point: the sweep's seconds per grid point from rank 0's tile lines (torchrun gives each rank one thread, "
           "a single process takes the machine's threads)")
 

@@ -16,7 +16,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from engine.core.errors import UserError, guarded
-from engine.figures.comparison import draw_comparison
 from engine.sources.losses import is_stderr
 from engine.store.assemble import summarize
 from engine.store.read import read_surface
@@ -49,6 +48,8 @@ def _store_of(path: Path) -> Path:
 def compare_runs(runs: list[Path], out_dir: Path, log_scale: bool = False, clip: float | None = None) -> list[Path]:
     """Draw each metric the runs share (loss, accuracy, ...) side by side and write comparison.md / .json and the
     interactive comparison.html (the loss on a log colour scale, shared by the panels); returns the files."""
+    from engine.figures.comparison import draw_comparison  # matplotlib: not at import, Hydra loads this callback
+
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     surfaces = {_store_of(r).parent.name: read_surface(_store_of(r)) for r in runs}

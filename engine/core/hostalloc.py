@@ -52,6 +52,15 @@ def release_freed_memory() -> bool:
         return False
 
 
+def freeze_imported() -> None:
+    """Collect, then hide every object alive now from the cyclic collector (gc.freeze): the imported modules' functions,
+    classes and constants, a few hundred thousand objects that are never garbage. The collections between stages then
+    scan only the run's own objects; each took about 0.12 s of a small run here. Called before a command's run starts;
+    frozen objects are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
 def few_arenas() -> bool:
     """Cap glibc's heaps at ARENAS before a run starts its threads. By default each thread that allocates gets a heap
     of its own, and memory freed there (zarr's decoded chunks of a large model's directions: about 1.2 bytes per

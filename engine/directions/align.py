@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from engine.directions.permutations import PermutationSpec, Segment, permutation_spec, permute_state, permute_tensor
@@ -61,6 +60,8 @@ def weight_matching(spec: PermutationSpec, state_a: State, state_b: State, names
                     seed: int = 0) -> tuple[list[torch.Tensor], int]:
     """The permutations of B's groups that maximize the summed inner products with A over the tensors `names`
     (float64 on the CPU), by coordinate descent from the identity; and the rounds it took."""
+    from scipy.optimize import linear_sum_assignment  # imported here: about 0.8 s of every run's start otherwise
+
     a = {n: state_a[n].detach().to("cpu", torch.float64) for n in names}
     b = {n: state_b[n].detach().to("cpu", torch.float64) for n in names}
     perms = [torch.arange(n) for n in spec.sizes]
