@@ -55,11 +55,9 @@ def _exit_on_sigterm() -> None:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _landscape(cfg: DictConfig) -> None:
     from engine.app.landscape import run_landscape
-    from engine.core.hostalloc import freeze_imported
 
     def go() -> None:
         run_cfg, resolved = to_run_config(cfg)
-        freeze_imported()
         with hydra_job(cfg):  # run_landscape writes .hydra/ once the store accepted this config
             run_landscape(run_cfg, resolved)
 

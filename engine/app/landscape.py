@@ -23,7 +23,7 @@ from engine.app.row_load import deferred_check, deferred_writer, reads_rows, row
 from engine.config.cross import check_combination
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, on_main, process_group
-from engine.core.hostalloc import few_arenas, release_freed_memory
+from engine.core.hostalloc import few_arenas, imports_frozen, release_freed_memory
 from engine.core.memory import StageMemory
 from engine.curvature.spectra import Batches as HessianBatches
 from engine.directions.vectors import PerturbedTensors, perturbed
@@ -67,7 +67,7 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
 
         check_tracker(cfg.track)
     few_arenas()
-    with process_group(cfg.eval.device) as env, ExitStack() as held:
+    with imports_frozen(), process_group(cfg.eval.device) as env, ExitStack() as held:
         say = stages.console(log, env)
         group = stages.shard_stage(cfg, env)  # parallel.shard's mesh, before anything is loaded or written
         plan = make_levels(shape_only(cfg.grid), cfg.direction.count)[""]  # its shape; grid.x=auto is resolved below
