@@ -23,11 +23,11 @@ LM = ["model=hf", "data=text", "data.block_size=32", "loss=causal_lm", "grid.res
       "summary.epsilon=null", "summary.adaptive_radius=null"]
 
 
-def landscape(args: list[str], cwd: Path) -> None:
+def landscape(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """The `landscape` command, one thread, started and not waited for: the fixture's runs share the cores."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return subprocess.Popen([sys.executable, "-c", "from engine.app.cli import main; main()", *args], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     args = [*LM, f"model.path={root / 'model'}", f"data.path={root / 'corpus.txt'}", f"out_dir={root / 'runs'}"]
     names = {"fp32": [], "bf16": ["model.dtype=bfloat16"], "bf16dirs": ["direction.dtype=bfloat16"],
              "bf16_access": ["model.dtype=bfloat16", "eval.perturb=on_access"]}
-    for name, extra in names.items():
-        landscape([*args, *extra, f"name={name}"], root)
+    started = [landscape([*args, *extra, f"name={name}"], root) for name, extra in names.items()]
+    for proc in started:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
     return {"root": root, **{n: root / "runs" / n / "landscape.zarr" for n in names}}
 
 
