@@ -31,55 +31,69 @@ LM = ["model=hf", "data=text", "data.block_size=32", "loss=causal_lm", "eval.sam
 
 
 def one_process(cwd: Path, *overrides: str) -> None:
-    done = subprocess.run([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID, *overrides],
-                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    finish(start_one(cwd, *overrides))
+
+
+def start_one(cwd: Path, *overrides: str) -> subprocess.Popen[str]:
+    """The unsharded reference run (one thread), started and not waited for."""
+    return subprocess.Popen([sys.executable, "-c", "from engine.app.cli import main; main()", *TINY, *GRID,
+                             *overrides], cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def sharded(nproc: int, *overrides: str, cwd: Path) -> None:
+    done = torchrun(nproc, *overrides, cwd=cwd)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The unsharded 1-process stores and the sharded ones, of the ResNet and of the LM."""
+    """The unsharded 1-process stores and the sharded ones, of the ResNet and of the LM. The references start in
+    the background as soon as their inputs exist, so they run beside the sharded jobs."""
+    import torch
+    import transformers
+
     cwd = tmp_path_factory.mktemp("sharded")
-    one_process(cwd, *SAME_PATH, "name=one")
-    ckpt = f"model.checkpoint={cwd / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
-    for nproc, shard, name, load in ((2, 2, "s2", "auto"), (4, 2, "r2s2", "whole"), (4, 4, "s4", "auto")):
-        done = torchrun(nproc, ckpt, *SAME_PATH, f"parallel.shard={shard}", f"parallel.load={load}", f"name={name}",
-                        cwd=cwd)  # each rank reads its rows (auto) or loads the model whole first
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one = start_one(cwd, *SAME_PATH, "name=one")
     text = tiny_text(6000)
     (cwd / "corpus.txt").write_text(text)
     save_tiny_lm(cwd / "lm", text)
     lm = [*LM, f"model.path={cwd / 'lm'}", f"data.path={cwd / 'corpus.txt'}"]
-    one_process(cwd, *SAME_PATH, *lm, "name=lm_one")
-    for nproc in (2, 4):
-        done = torchrun(nproc, *SAME_PATH, *lm, f"parallel.shard={nproc}", f"name=lm_s{nproc}", cwd=cwd)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # direction=file read from the unsharded store, tensor by tensor on each rank (norm=none keeps them as stored)
-    done = torchrun(2, *SAME_PATH, *lm, "parallel.shard=2", "direction=file", "direction.norm=none",
-                    f"direction.path={cwd / 'runs' / 'lm_one' / 'landscape.zarr'}", "name=lm_file_s2", cwd=cwd)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = transformers.AutoModelForCausalLM.from_pretrained(cwd / "lm").state_dict()
+    for seed, name in ((1, "b.pt"), (2, "c.pt")):  # two other models near the LM
+        torch.manual_seed(seed)
+        torch.save({k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}, cwd / name)
     # a bfloat16 model on the line to a checkpoint B: the end point cut to each rank's rows, each point computed in
     # float32 from the shard's theta* and rounded once
-    import torch
-    import transformers
-
-    torch.manual_seed(1)
-    state = transformers.AutoModelForCausalLM.from_pretrained(cwd / "lm").state_dict()
-    torch.save({k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}, cwd / "b.pt")
     line = [*lm, "model.dtype=bfloat16", "direction=interpolation", f"direction.checkpoints=[{cwd / 'b.pt'}]",
             "grid=line", "grid.resolution=[5]", "grid.x=[0,1]", "grid.tile=[2]", "grid.preview=0"]
-    one_process(cwd, *SAME_PATH, *line, "name=line_one")
-    done = torchrun(2, *SAME_PATH, *line, "parallel.shard=2", "name=line_s2", cwd=cwd)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # the plane through theta*, B and C, made from each rank's rows, with the sharpness numbers computed on the
     # shards (epsilon by sign steps, adaptive by l2-normalized steps: norms summed over the group)
-    torch.manual_seed(2)
-    torch.save({k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}, cwd / "c.pt")
     plane = [*lm, "direction=plane", f"direction.checkpoints=[{cwd / 'b.pt'},{cwd / 'c.pt'}]", "direction.norm=none",
              "summary.adaptive_norm=2", *SAME_PATH[:-2]]
-    one_process(cwd, *plane, "name=plane_one")
-    done = torchrun(2, *plane, "parallel.shard=2", "name=plane_s2", cwd=cwd)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lm_one = start_one(cwd, *SAME_PATH, *lm, "name=lm_one")
+    line_one = start_one(cwd, *SAME_PATH, *line, "name=line_one")
+    plane_one = start_one(cwd, *plane, "name=plane_one")
+    finish(one)
+    ckpt = f"model.checkpoint={cwd / 'runs' / 'one' / 'checkpoints' / 'final.pt'}"
+    for nproc, shard, name, load in ((2, 2, "s2", "auto"), (4, 2, "r2s2", "whole"), (4, 4, "s4", "auto")):
+        sharded(nproc, ckpt, *SAME_PATH, f"parallel.shard={shard}", f"parallel.load={load}", f"name={name}",
+                cwd=cwd)  # each rank reads its rows (auto) or loads the model whole first
+    for nproc in (2, 4):
+        sharded(nproc, *SAME_PATH, *lm, f"parallel.shard={nproc}", f"name=lm_s{nproc}", cwd=cwd)
+    finish(lm_one)
+    # direction=file read from the unsharded store, tensor by tensor on each rank (norm=none keeps them as stored)
+    sharded(2, *SAME_PATH, *lm, "parallel.shard=2", "direction=file", "direction.norm=none",
+            f"direction.path={cwd / 'runs' / 'lm_one' / 'landscape.zarr'}", "name=lm_file_s2", cwd=cwd)
+    sharded(2, *SAME_PATH, *line, "parallel.shard=2", "name=line_s2", cwd=cwd)
+    sharded(2, *plane, "parallel.shard=2", "name=plane_s2", cwd=cwd)
+    finish(line_one)
+    finish(plane_one)
     return cwd
 
 
