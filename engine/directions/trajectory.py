@@ -106,23 +106,9 @@ def trajectory_pca(
             weights, s, total = top_two(x @ x.T, where)
             basis = (weights.T @ x) / s.sqrt()[:, None]
         else:
-            mean = torch.zeros_like(anchor)
-            for i in range(count):
-                mean += delta(i)
-            mean /= count
-            gram = torch.empty(count, count, dtype=torch.float64)
-            for i in range(count):
-                xi = delta(i) - mean
-                gram[i, i] = xi @ xi
-                for j in range(i + 1, count):
-                    gram[i, j] = gram[j, i] = xi @ (delta(j) - mean)
-            weights, s, total = top_two(gram, where)
-            basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
-            for i in range(count):
-                xi = delta(i) - mean
-                basis[0].add_(xi, alpha=float(weights[i, 0]))
-                basis[1].add_(xi, alpha=float(weights[i, 1]))
-            basis /= s.sqrt()[:, None]
+            mean = streamed_mean(delta, count, anchor)
+            weights, s, total = top_two(streamed_gram(delta, count, mean, torch.dot), where)
+            basis = streamed_basis(delta, count, mean, weights) / s.sqrt()[:, None]
     # <x_i, d_k> = sqrt(s_k) V[i, k] for the centred x_i; the mean adds back the offset of the uncentred deltas.
     coords = weights * s.sqrt() + basis @ mean
     for k, flip in enumerate(flips(coords, lambda k: float(basis[k, int(basis[k].abs().argmax())]))):
@@ -142,6 +128,37 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
                         "(it holds epoch_NNN.pt)")
     found = [(int(m[1]), p) for p in folder.iterdir() if (m := EPOCH_FILE.fullmatch(p.name)) and p.is_file()]
     return [p for _, p in sorted(found)]
+
+
+def streamed_mean(delta: Callable[[int], torch.Tensor], count: int, like: torch.Tensor) -> torch.Tensor:
+    """The mean of delta(0..count-1), one delta held at a time."""
+    mean = torch.zeros_like(like)
+    for i in range(count):
+        mean += delta(i)
+    return mean / count
+
+
+def streamed_gram(delta: Callable[[int], torch.Tensor], count: int, mean: torch.Tensor,
+                  dot: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The count x count Gram matrix of the centred deltas under `dot`, two deltas held at a time."""
+    gram = torch.empty(count, count, dtype=torch.float64)
+    for i in range(count):
+        xi = delta(i) - mean
+        gram[i, i] = dot(xi, xi)
+        for j in range(i + 1, count):
+            gram[i, j] = gram[j, i] = dot(xi, delta(j) - mean)
+    return gram
+
+
+def streamed_basis(delta: Callable[[int], torch.Tensor], count: int, mean: torch.Tensor,
+                   weights: torch.Tensor) -> torch.Tensor:
+    """The two combinations sum_i weights[i, k] (delta(i) - mean), one delta held at a time (not yet scaled)."""
+    basis = torch.zeros(2, mean.numel(), dtype=torch.float64)
+    for i in range(count):
+        xi = delta(i) - mean
+        basis[0].add_(xi, alpha=float(weights[i, 0]))
+        basis[1].add_(xi, alpha=float(weights[i, 1]))
+    return basis
 
 
 def pc_labels(explained: tuple[float, float] | list[float]) -> list[str]:

@@ -28,6 +28,9 @@ from engine.directions.trajectory import (
     flips,
     list_checkpoints,
     pc_labels,
+    streamed_basis,
+    streamed_gram,
+    streamed_mean,
     top_two,
 )
 from engine.directions.vectors import PerturbedTensors, to_coordinates
@@ -145,24 +148,11 @@ def pca_rows(folder: Path, target: PerturbedTensors, cut: list[bool], shapes: li
             x -= mean
             gram = dot(x, x)
         else:
-            mean = sum((delta(i) for i in range(count)), torch.zeros_like(anchor)) / count
-            gram = torch.empty(count, count, dtype=torch.float64)
-            for i in range(count):
-                xi = (delta(i) - mean)[None]
-                gram[i, i] = dot(xi, xi)[0, 0]
-                for j in range(i + 1, count):
-                    gram[i, j] = gram[j, i] = dot(xi, (delta(j) - mean)[None])[0, 0]
+            mean = streamed_mean(delta, count, anchor)
+            gram = streamed_gram(delta, count, mean, lambda a, b: dot(a[None], b[None])[0, 0])
         dist.all_reduce(gram, group=group.group)
         weights, s, total = top_two(gram, str(folder))
-        if held:
-            basis = weights.T @ x
-        else:
-            basis = torch.zeros(2, anchor.numel(), dtype=torch.float64)
-            for i in range(count):
-                xi = delta(i) - mean
-                basis[0].add_(xi, alpha=float(weights[i, 0]))
-                basis[1].add_(xi, alpha=float(weights[i, 1]))
-        basis /= s.sqrt()[:, None]
+        basis = (weights.T @ x if held else streamed_basis(delta, count, mean, weights)) / s.sqrt()[:, None]
     offset = dot(basis, mean[None])[:, 0]
     dist.all_reduce(offset, group=group.group)
     coords = weights * s.sqrt() + offset
