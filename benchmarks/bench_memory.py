@@ -21,8 +21,10 @@ Settings: the engine's own choices (batch size and K timed); eval.batch_size=8 e
 direction.dtype=bfloat16; that with model.dtype=bfloat16 on a 2x2 grid of 2 blocks (bfloat16 matmuls are slow on CPUs
 without bfloat16 units; x the weights still counts float32 weights); that on 2 torchrun ranks with parallel.shard=2,
 one row per rank, each rank reading only its rows of the weights (parallel.load=auto), and the same with every rank
-loading the whole model first (parallel.load=whole, the way sharded runs loaded before). Each run's per-stage peaks
-(from its log) are printed beside it.
+loading the whole model first (parallel.load=whole, the way sharded runs loaded before); batch 8, K=1 with the
+default epsilon- and adaptive sharpness on (its "curvature" stage: theta*, the step and the gradient beside the
+model, and one gradient batch's graph within eval.memory_gb), in one process and on 2 ranks with parallel.shard=2.
+Each run's per-stage peaks (from its log) are printed beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# the default epsilon- and adaptive sharpness (the common settings turn them off), with fewer steps: their memory
+# does not depend on the step count
+SHARPNESS = ["summary.epsilon=1e-3", "summary.adaptive_radius=0.01", "summary.epsilon_steps=3",
+             "summary.adaptive_steps=3", "summary.adaptive_samples=2", "summary.sharpness_samples=8"]
 WORDS = ["the", "model", "loss", "basin", "sharp", "flat", "minimum", "weight", "direction", "plane", "grid", "point",
          "curve", "valley", "ridge", "step", "data", "train", "test", "batch", "layer", "norm", "label", "path"]
 BASE = "import engine.app.cli, torch, transformers"  # the process baseline: what any run imports, no model
@@ -119,7 +125,9 @@ def main() -> None:
         "on access + bf16 dirs": ([*k1, "eval.perturb=on_access", "direction.dtype=bfloat16"], 1),
         "bf16 model (2x2, 2)": ([*k1, "model.dtype=bfloat16", "grid.resolution=[2,2]", "eval.samples=2"], 1),
         "2 ranks, S=2": ([*k1, "parallel.shard=2"], 2),
-        "2 ranks, S=2, whole": ([*k1, "parallel.shard=2", "parallel.load=whole"], 2)}
+        "2 ranks, S=2, whole": ([*k1, "parallel.shard=2", "parallel.load=whole"], 2),
+        "sharpness on (K=1)": ([*k1, *SHARPNESS], 1),
+        "sharpness on, 2x S=2": ([*k1, *SHARPNESS, "parallel.shard=2"], 2)}
     if args.only is not None:
         settings = {k: v for k, v in settings.items() if any(k.startswith(p) for p in args.only)}
     print(f"{'setting':<28}{'peak GB':>9}{'beyond base GB':>16}{'x weights':>11}{'x w, code':>11}"

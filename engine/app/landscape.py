@@ -142,6 +142,8 @@ def run_landscape(cfg: RunConfig, resolved: dict[str, Any], log: bool = True,
                                          loss, group)
             tiles = stages.sweep_stage(runner, levels, store, cfg, env, group)
         del runner, batches  # the stacked evaluator's copies and the cached batches are not needed past the sweep
+        made.directions.clear()  # in the store now: the spectrum and the sharpness ascents hold their own vectors
+        made.end = None
         release_freed_memory()
         if group is None:
             with memory.stage("curvature"):

@@ -1,8 +1,10 @@
 """`landscape-plan`: what a sweep needs before it is queued. For each parallel.shard S that divides the ranks to
-plan for, the memory per rank from the formula (model + theta* + directions) / S + one batch's activations, the
-tiles per replica group, and the wall time of the grid from points timed on this device; the formula is checked
-against the peak this process measures while it times. A Hugging Face folder holding only config.json (a 7B or 70B
-model's, without its weights) is planned from the formula alone, its parameters counted on the meta device.
+plan for, the memory per rank from the formula: the larger of the sweep's (model + theta* + directions) / S + one
+batch's activations and, when a sharpness number is asked for, the ascents' 4 copies of the model / S + one gradient
+batch's graph; the tiles per replica group, and the wall time of the grid from points timed on this device; the
+formula is checked against the peak this process measures while it times. A Hugging Face folder holding only
+config.json (a 7B or 70B model's, without its weights) is planned from the formula alone, its parameters counted on
+the meta device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from engine.config.cross import whole_load_reason
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv
 from engine.core.memory import StageMemory
+from engine.sources.losses import Loss
+from engine.sources.splits import AnySplit
 from engine.store.grid import make_levels, shape_only
 
 GB = 1e9
@@ -31,6 +35,7 @@ class Measured:
     peak_bytes: int  # the process's peak beyond its start, loading included
     activation_bytes: int  # one eval batch's module outputs (an upper bound on its activations)
     batch_size: int
+    graph_bytes: int  # the saved tensors of one gradient batch of the sharpness ascents (0: no sharpness asked)
 
 
 def per_rank_bytes(params: int, model_bytes: int, direction_bytes: int, count: int, shard: int,
@@ -39,6 +44,12 @@ def per_rank_bytes(params: int, model_bytes: int, direction_bytes: int, count: i
     weights are made on access) and of the `count` directions, plus one batch's activations (not sharded: each rank
     runs whole batches)."""
     return params * ((1 + theta_copy) * model_bytes + count * direction_bytes) / shard + activations
+
+
+def sharpness_bytes(params: int, model_bytes: int, shard: int, graph: int = 0) -> float:
+    """Bytes a rank holds in the sharpness ascents: its 1/S of the model, of theta*, of the step (deltas or u) and of
+    the gradient, all in the model's dtype, plus one gradient batch's autograd graph."""
+    return 4 * params * model_bytes / shard + graph
 
 
 def clock(seconds: float) -> str:
@@ -120,7 +131,23 @@ def measure(cfg: RunConfig, points: int) -> Measured:
             seconds = (time.perf_counter() - start) / points
         first = batches[0] if isinstance(batches, list) else next(iter(batches))
         acts = activation_bytes(model, first, loss)
-    return Measured(seconds, memory.highest, acts, batch_size)
+    return Measured(seconds, memory.highest, acts, batch_size, ascent_graph(cfg, model, split, loss, device))
+
+
+def ascent_graph(cfg: RunConfig, model: torch.nn.Module, split: AnySplit, loss: Loss, device: torch.device) -> int:
+    """Bytes of one gradient batch's graph, at the batch size the sharpness stage would choose (0: no sharpness)."""
+    from engine.app.landscape import sharpness_on
+    from engine.app.stages import sharpness_batch_size
+    from engine.curvature.batched import graph_bytes
+    from engine.sources.splits import held, subsample
+    from engine.sources.structure import to_device
+
+    if not sharpness_on(cfg):
+        return 0
+    samples = held(subsample(split, cfg.summary.sharpness_samples, cfg.data.seed))
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    size = sharpness_batch_size(model, samples, params, cfg, DistEnv(0, 1, 0, device), loss)
+    return graph_bytes(model, to_device(samples.batch(0, size), device), loss)
 
 
 def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | None = None) -> list[str]:
@@ -154,8 +181,14 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
     lines.append(f"on {ranks} rank(s), {room / GB:.1f} GB per rank "
                  f"({'given' if memory_gb is not None else device.type}):")
     lines.append(f"{'shard':>6}{'groups':>8}{'GB per rank':>13}{'fits':>6}{'tiles/group':>13}{'wall (ideal)':>14}")
+    from engine.app.landscape import sharpness_on
+
+    ascents = sharpness_on(cfg)
+    graph = measured.graph_bytes if measured else 0
     for shard in divisors(ranks):
         need = per_rank_bytes(params, model_bytes, direction_bytes, count, shard, acts, copy or shard > 1)
+        if ascents:
+            need = max(need, sharpness_bytes(params, model_bytes, shard, graph))
         groups = ranks // shard
         per_group = -(-tiles // groups)
         wall = "-" if measured is None else clock(per_group * tile_points * measured.seconds_per_point / shard)
@@ -165,6 +198,11 @@ def plan_lines(cfg: RunConfig, ranks: int, points: int = 3, memory_gb: float | N
     if not copy:
         lines.append("eval.perturb=on_access holds no copy of theta* at S=1; S > 1 moves its rows in place and "
                      "does (set eval.perturb=in_place there)")
+    if ascents:
+        lines.append(f"GB per rank: the larger of the sweep and the sharpness ascents (summary.epsilon, "
+                     f"summary.adaptive_radius), which hold 4 copies of the rank's share of the model "
+                     f"({4 * params * model_bytes / GB:.3g} GB at S=1) and one gradient batch's graph "
+                     f"({graph / GB:.2f} GB{', measured' if measured else ', not counted'})")
     lines.append("wall (ideal): tiles per group x points per tile x the time per point here / S, at perfect scaling")
     reason = whole_load_reason(cfg) if cfg.parallel.load != "whole" else "parallel.load=whole"
     if reason is None:

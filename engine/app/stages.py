@@ -23,6 +23,7 @@ from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_m
 from engine.core.errors import UserError
 from engine.core.hostalloc import keep_freed_memory
 from engine.curvature.adaptive import adaptive_sharpness
+from engine.curvature.batched import BatchedLoss, gradient_batch_size
 from engine.curvature.param_view import WholeView
 from engine.curvature.sharpness import epsilon_sharpness
 from engine.curvature.spectra import (
@@ -507,19 +508,16 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
     samples = held(subsample(split, s.sharpness_samples, cfg.data.seed))
     count = len(samples)
     view: WholeView | None = None
-    if group is None:
-        batches = device_batches(samples, 256, env.device)
-
-        def mean_loss() -> torch.Tensor:  # the loss summed over every batch, over the items (tokens, samples) summed
-            parts = [loss.autograd(model, batch) for batch in batches]
-            return cast(torch.Tensor, sum(p[0] for p in parts) / sum(p[1] for p in parts))
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    size = sharpness_batch_size(model, samples, params, cfg, env, loss, group)
+    if group is None:  # the loss summed over every batch, over the items (tokens, samples) summed
+        mean_loss = BatchedLoss(model, device_batches(samples, size, env.device), loss)
     else:
         from engine.sweep.sharded_sharpness import ShardedView, group_mean_loss
 
-        mean_loss, view = group_mean_loss(model, samples, group, loss), ShardedView(group)
+        mean_loss, view = group_mean_loss(model, samples, group, loss, size), ShardedView(group)
     writes = group is None or group.leader
-    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
     show = cfg.eval.progress and env.is_main
     old = get_attribute(store, "epsilon_sharpness") if writes else None
     old = (group.broadcast(old) if group is not None else old) or {}
@@ -539,6 +537,22 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
                                       progress=show, view=view)
         if writes:
             set_attribute(store, "adaptive_sharpness", {**adaptive, "eval_samples": count, "settings": settings})
+
+
+def sharpness_batch_size(model: nn.Module, samples: Split, params: list[torch.Tensor], cfg: RunConfig,
+                         env: DistEnv, loss: Loss, group: ShardGroup | None = None) -> int:
+    """How many samples one gradient step of the ascents runs at a time: as many as one batch's autograd graph fits
+    in eval.memory_gb beyond the model, theta*, the step and the gradient (measured; at most 256). A shard group
+    measures on every rank (the forwards are collective) and takes the smallest."""
+    held_bytes = 3 * sum(p.numel() * p.element_size() for p in params)  # the local rows, on a sharded model
+    size = gradient_batch_size(model, lambda n: to_device(samples.batch(0, n), env.device), len(samples), loss,
+                               cfg.eval.memory_gb * 2**30 - held_bytes)
+    if group is not None:
+        least = torch.tensor(size)
+        torch.distributed.all_reduce(least, torch.distributed.ReduceOp.MIN, group=group.group)
+        size = int(least)
+    logging.getLogger("engine").info("sharpness: gradient batches of %d sample(s)", size)
+    return size
 
 
 def summary_stage(cfg: RunConfig, store: Path) -> dict[str, Any]:

@@ -31,60 +31,68 @@ def adaptive_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.T
     steps of the radius's length projected back on the ball, a power iteration near a minimum; p = inf: sign steps
     of 2.5 radius / steps clipped to the box), keeping the largest loss seen.
     Average: `samples` Gaussian draws of u with standard deviation average_radius (None: no average). `view`
-    (default: whole tensors) says how the params are held, e.g. as the rows of a sharded model."""
+    (default: whole tensors) says how the params are held, e.g. as the rows of a sharded model. Beside the params it
+    holds theta*, u and one step's gradient: |theta*| and the gradient in u are made one tensor at a time."""
     if norm not in NORMS:
         raise UserError(f"summary.adaptive_norm={norm!r} must be one of {', '.join(NORMS)}")
     if not (math.isfinite(radius) and radius > 0) or steps < 1:
         raise UserError(f"adaptive sharpness needs radius > 0 and steps >= 1 (got {radius}, {steps})")
     view = view or WholeView()
     tensors = view.tensors(params)
-    saved = [t.clone() for t in tensors]
-    scales = [s.abs() for s in saved]
+    saved = [t.clone() for t in tensors]  # theta*; its scale |theta*| is made one tensor at a time, not held
     gen = torch.Generator().manual_seed(seed)
+
+    def move_one(i: int, u: torch.Tensor) -> None:
+        tensors[i].copy_(saved[i] + saved[i].abs() * u)
 
     def move_to(us: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for p, s, t, u in zip(tensors, saved, scales, us):
-                p.copy_(s + t * u)
+            for i, u in enumerate(us):
+                move_one(i, u)
 
-    def draw() -> list[torch.Tensor]:
-        return [view.draw(i, s, lambda shape: torch.randn(shape, generator=gen, dtype=torch.float64))
-                for i, s in enumerate(saved)]
+    def draw_one(i: int) -> torch.Tensor:
+        return view.draw(i, saved[i], lambda shape: torch.randn(shape, generator=gen, dtype=torch.float64))
 
     def norm2(us: list[torch.Tensor]) -> float:
         return math.sqrt(view.total([(u.double() ** 2).sum() for u in us]))
 
-    def project(us: list[torch.Tensor]) -> list[torch.Tensor]:
-        if norm == "inf":
-            return [u.clamp(-radius, radius) for u in us]
-        size = norm2(us)
-        return us if size <= radius else [u * (radius / size) for u in us]
+    def project(us: list[torch.Tensor]) -> None:
+        """Onto the ball, in place of the list's tensors (one at a time)."""
+        size = norm2(us) if norm == "2" else 0.0
+        for i, u in enumerate(us):
+            us[i] = u.clamp(-radius, radius) if norm == "inf" else u if size <= radius else u * (radius / size)
+
+    def gradient_in_u(i: int, g: torch.Tensor | None) -> torch.Tensor:  # |theta| * dL/dtheta
+        return torch.zeros_like(saved[i]) if g is None else saved[i].abs() * g
 
     total = steps + (samples if average_radius else 0)
     try:
         with torch.no_grad():
             center = view.value(loss_fn())
-        start = draw()
-        size = norm2(start) or 1.0
-        us = project([u * (0.5 * radius / size) for u in start] if norm == "2" else
-                     [u.sign() * 0.5 * radius for u in start])
+        us = [draw_one(i) for i in range(len(saved))]
+        size = norm2(us) or 1.0
+        for i, u in enumerate(us):
+            us[i] = u * (0.5 * radius / size) if norm == "2" else u.sign() * 0.5 * radius
+        project(us)
         best = center
         step = 2.5 * radius / steps if norm == "inf" else radius  # l2: a radius-long step, then back onto the ball
         with progress_bar(total, "adaptive sharpness", "pass", progress) as bar:
             for _ in range(steps):
                 move_to(us)
-                with torch.enable_grad():
-                    loss = loss_fn()
-                    value = view.value(loss)
-                    grads = view.grads(loss, params)
+                value, grads = view.value_and_grads(loss_fn, params)
                 best = max(best, value)
-                with torch.no_grad():  # the gradient in u: |theta| * dL/dtheta
-                    gu = [torch.zeros_like(u) if g is None else t * g for g, t, u in zip(grads, scales, us)]
+                with torch.no_grad():  # one tensor at a time: the gradient in u is made again where it is used
                     if norm == "inf":
-                        us = project([u + step * g.sign() for u, g in zip(us, gu)])
+                        for i in range(len(us)):
+                            us[i] = us[i] + step * gradient_in_u(i, grads[i]).sign()
+                            grads[i] = None
                     else:
-                        gnorm = norm2(gu) or 1.0
-                        us = project([u + (step / gnorm) * g for u, g in zip(us, gu)])
+                        gnorm = math.sqrt(view.total([(gradient_in_u(i, g).double() ** 2).sum()
+                                                      for i, g in enumerate(grads)])) or 1.0
+                        for i in range(len(us)):
+                            us[i] = us[i] + (step / gnorm) * gradient_in_u(i, grads[i])
+                            grads[i] = None
+                    project(us)
                 bar.update(1)
             move_to(us)
             with torch.no_grad():
@@ -92,8 +100,9 @@ def adaptive_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.T
             rises: list[float] = []
             if average_radius:
                 for _ in range(samples):
-                    move_to([u * average_radius for u in draw()])
-                    with torch.no_grad():
+                    with torch.no_grad():  # each tensor drawn, scaled and moved before the next is drawn
+                        for i in range(len(saved)):
+                            move_one(i, draw_one(i) * average_radius)
                         rises.append(view.value(loss_fn()) - center)
                     bar.update(1)
     finally:

@@ -10,8 +10,10 @@ import torch
 
 from engine.core.errors import UserError
 from engine.core.onednn import safe_autograd
+from engine.curvature.batched import BatchedLoss
 
 Draw = Callable[[tuple[int, ...]], torch.Tensor]  # a seeded float64 draw of a whole shape
+LossFn = Callable[[], torch.Tensor]
 
 
 class WholeView:
@@ -40,3 +42,26 @@ class WholeView:
         """d loss / d params, as the tensors() parts (None where a parameter does not reach the loss)."""
         with safe_autograd(params):
             return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+    def value_and_grads(self, loss_fn: LossFn, params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor | None]]:
+        """The loss and its gradient at the params. A BatchedLoss runs a backward per batch (one graph alive), each
+        adding into the params' .grad in place (set aside and put back, so a caller's gradients are kept)."""
+        if not isinstance(loss_fn, BatchedLoss):
+            with torch.enable_grad():
+                loss = loss_fn()
+                return self.value(loss), self.grads(loss, params)
+        kept = [p.grad for p in params]
+        total: torch.Tensor | int = 0
+        try:
+            for p in params:
+                p.grad = None
+            with torch.enable_grad(), safe_autograd(params):
+                for part, summed in loss_fn.parts():
+                    total = total + summed
+                    torch.autograd.backward(part, inputs=params)
+                    del part
+            grads = [None if p.grad is None else p.grad.detach() for p in params]
+        finally:
+            for p, g in zip(params, kept):
+                p.grad = g
+        return self.value(loss_fn.mean(total)), grads

@@ -37,20 +37,23 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Te
     """Keskar et al. (2017) metric 2.1 (A = I), 100 * (max - L) / (1 + L) over |delta_i| <= epsilon * (|theta_i| + 1),
     by sign-gradient PGD from a seeded random (or zero) start; loss_fn() reads the params, restored bitwise after.
     With progress, a bar over the ascent steps (callers pass it on rank 0 only); `view` (default: whole tensors)
-    says how the params are held, e.g. as the rows of a sharded model."""
+    says how the params are held, e.g. as the rows of a sharded model. Beside the params it holds theta*, the deltas
+    and one step's gradient: the boxes and step sizes are made one tensor at a time."""
     _check_epsilon_args(params, epsilon, steps)
     view = view or WholeView()
     tensors = view.tensors(params)
     saved = [t.clone() for t in tensors]
+
+    def box(s: torch.Tensor) -> torch.Tensor:  # made per tensor when used, not held: the same bits every time
+        return epsilon * (s.abs() + 1)
+
     try:
         with torch.no_grad():
             center = view.value(loss_fn())
-        boxes = [epsilon * (s.abs() + 1) for s in saved]
-        alphas = [2.5 * b / steps for b in boxes]
         if random_start:
             gen = torch.Generator().manual_seed(seed)
             deltas = [(view.draw(i, s, lambda shape: torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1)
-                       * b) for i, (s, b) in enumerate(zip(saved, boxes))]
+                       * box(s)) for i, s in enumerate(saved)]
         else:
             deltas = [torch.zeros_like(s) for s in saved]
         best = center  # delta = 0 lies in the box, so sharpness >= 0; a zero start at a stationary point never moves
@@ -63,15 +66,15 @@ def epsilon_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Te
         with progress_bar(steps, "epsilon-sharpness", "step", progress) as bar:
             for _ in range(steps):
                 move_to(deltas)
-                with torch.enable_grad():
-                    loss = loss_fn()
-                    value = view.value(loss)
-                    grads = view.grads(loss, params)
+                value, grads = view.value_and_grads(loss_fn, params)
                 if value > best:
                     best = value
-                with torch.no_grad():
-                    deltas = [d if g is None else torch.clamp(d + a * g.sign(), min=-b, max=b)
-                              for d, g, a, b in zip(deltas, grads, alphas, boxes)]
+                with torch.no_grad():  # a sign step of 2.5 box / steps, clipped to the box, one tensor at a time
+                    for i, s in enumerate(saved):
+                        g, grads[i] = grads[i], None
+                        if g is not None:
+                            b = box(s)
+                            deltas[i] = torch.clamp(deltas[i] + 2.5 * b / steps * g.sign(), min=-b, max=b)
                 bar.update(1)
         move_to(deltas)
         with torch.no_grad():

@@ -5,15 +5,14 @@ reduce-scatter). Hessian-vector products do not go through FSDP2; first-order gr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from engine.core.errors import UserError
-from engine.curvature.param_view import Draw, WholeView
+from engine.curvature.batched import BatchedLoss
+from engine.curvature.param_view import Draw, LossFn, WholeView
 from engine.sources.losses import Loss
 from engine.sources.splits import Split
 from engine.sources.structure import to_device
@@ -58,6 +57,26 @@ class ShardedView(WholeView):
         for p in params:
             p.grad = None
         loss.backward()
+        return self.taken(params)
+
+    def value_and_grads(self, loss_fn: LossFn, params: list[torch.Tensor]) -> tuple[float, list[torch.Tensor | None]]:
+        """A BatchedLoss: a backward per batch (one graph alive), FSDP2 adding each reduce-scattered part into the
+        rows' .grad; the value is the group's sum of this rank's batches."""
+        if not isinstance(loss_fn, BatchedLoss):
+            return super().value_and_grads(loss_fn, params)
+        for p in params:
+            p.grad = None
+        total: torch.Tensor | int = 0
+        with torch.enable_grad():
+            for part, summed in loss_fn.parts():
+                total = total + summed
+                part.backward()
+                del part
+        return self.value(loss_fn.mean(total)), self.taken(params)
+
+    @staticmethod
+    def taken(params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The rows of the params' .grad, which are cleared."""
         out: list[torch.Tensor | None] = []
         for p in params:
             g = p.grad
@@ -67,10 +86,11 @@ class ShardedView(WholeView):
 
 
 def group_mean_loss(model: nn.Module, samples: Split, group: ShardGroup, loss: Loss,
-                    batch_size: int = 256) -> Callable[[], torch.Tensor]:
+                    batch_size: int = 256) -> BatchedLoss:
     """loss_fn of a sharded ascent: the samples cut into S x rounds near-equal contiguous batches, batch j run by the
-    group's rank j mod S (every rank runs as many forwards: FSDP2's all-gathers are collective); each call returns
-    this rank's summed loss over the group's item count, so the parts add up to the mean loss of one process."""
+    group's rank j mod S (every rank runs as many forwards and backwards: FSDP2's all-gathers and reduce-scatters are
+    collective); each call returns this rank's summed loss over the group's item count, so the parts add up to the
+    mean loss of one process."""
     count = len(samples)
     if count < group.size:
         raise UserError(f"summary.sharpness_samples={count} is fewer than parallel.shard={group.size}: every shard "
@@ -81,14 +101,10 @@ def group_mean_loss(model: nn.Module, samples: Split, group: ShardGroup, loss: L
     bounds = [count * j // pieces for j in range(pieces + 1)]
     mine = [to_device(samples.batch(bounds[j], bounds[j + 1]), group.device)
             for j in range(group.rank, pieces, group.size)]
-    items: list[torch.Tensor] = []
 
-    def mean_loss() -> torch.Tensor:
-        parts = [loss.autograd(model, batch) for batch in mine]
-        if not items:  # the group's item count (tokens, samples): the same at every point
-            total = torch.tensor(float(sum(float(p[1]) for p in parts)), dtype=torch.float64)
-            dist.all_reduce(total, group=group.group)
-            items.append(total)
-        return sum(p[0] for p in parts) / items[0].to(torch.float32)
+    def items(counts: list[torch.Tensor | int]) -> torch.Tensor:  # the group's item count (tokens, samples)
+        total = torch.tensor(float(sum(float(c) for c in counts)), dtype=torch.float64)
+        dist.all_reduce(total, group=group.group)
+        return total.to(torch.float32)
 
-    return mean_loss
+    return BatchedLoss(model, mine, loss, items)
