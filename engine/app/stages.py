@@ -21,7 +21,7 @@ from engine.config.record import write_config_record
 from engine.config.schema import RunConfig
 from engine.core.dist import DistEnv, barrier, broadcast_value, check_same, on_main, tensors_hash
 from engine.core.errors import UserError
-from engine.core.hostalloc import keep_freed_memory
+from engine.core.hostalloc import keep_freed_memory, returning_freed_memory
 from engine.curvature.adaptive import adaptive_sharpness
 from engine.curvature.batched import BatchedLoss, gradient_batch_size
 from engine.curvature.param_view import WholeView
@@ -504,6 +504,13 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
     """Keskar et al.'s epsilon-sharpness and the adaptive sharpness (worst case and average) at theta* into the
     store's attributes (summary.json reads them there); each is skipped when off or already in the store. On a
     sharded model (group) every rank of the group takes part and its leader writes."""
+    with returning_freed_memory():  # each step frees and makes again the model's size in pieces
+        ascents(model, split, cfg, env, store, loss, group)
+
+
+def ascents(model: nn.Module, split: AnySplit, cfg: RunConfig, env: DistEnv, store: Path, loss: Loss,
+            group: ShardGroup | None = None) -> None:
+    """The body of sharpness_stage."""
     s = cfg.summary
     samples = held(subsample(split, s.sharpness_samples, cfg.data.seed))
     count = len(samples)

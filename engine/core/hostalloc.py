@@ -78,3 +78,27 @@ def few_arenas() -> bool:
         return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, ARENAS) == 1)
     except (OSError, AttributeError):
         return False
+
+
+RETURNED_MMAP_THRESHOLD = 2**20  # 1 MiB: a tensor of that size or more is mapped on its own and unmapped when freed
+
+
+@contextmanager
+def returning_freed_memory() -> Iterator[None]:
+    """Inside it, allocations of 1 MiB or more get pages of their own that go back to the kernel when freed (glibc's
+    mmap threshold lowered, then set back to MMAP_THRESHOLD): for stages that allocate and free a model's size in
+    pieces many times (the sharpness ascents' steps, FSDP2's gathers), where the heap would otherwise keep the freed
+    pieces resident and grow by fragmentation. A no-op where not glibc."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(_M_MMAP_THRESHOLD, RETURNED_MMAP_THRESHOLD)
+        except (OSError, AttributeError):
+            libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            release_freed_memory()

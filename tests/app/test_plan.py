@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.app.plan import clock, divisors, per_rank_bytes
+from engine.app.plan import clock, divisors, per_rank_bytes, sharpness_bytes
 from engine.config.schema import ModelConfig
 from engine.sources.hf import hf_parameter_count
 from hf_fixtures import save_tiny_lm, tiny_text
@@ -33,6 +33,9 @@ def test_formula_counts_model_theta_and_directions_over_the_shards() -> None:
     assert per_rank_bytes(7_000_000_000, 2, 2, 2, 4, activations=10) == 14e9 + 10
     assert per_rank_bytes(1000, 4, 4, 2, 2) == 8000  # float32: the 16 bytes per parameter of an unsharded sweep
     assert divisors(8) == [1, 2, 4, 8] and clock(90061) == "25:01:01"
+    # the sharpness ascents: the model, theta*, the step and the gradient in the model's dtype, plus one graph
+    assert sharpness_bytes(7_000_000_000, 2, 8, graph=5) == 7e9 + 5
+    assert sharpness_bytes(1000, 4, 1) == 16000
 
 
 def test_parameters_are_counted_from_config_json_alone(lm: Path) -> None:
@@ -61,6 +64,8 @@ def test_plan_times_a_model_and_tabulates_every_shard_count(lm: Path) -> None:
     gb = [float(r[2]) for r in rows]
     assert gb[0] > gb[1] > gb[2] > 0
     assert [r[4] for r in rows] == ["1", "2", "4"]  # tiles per group
+    note = next(line for line in lines if line.startswith("GB per rank: the larger of the sweep and the sharpness"))
+    assert "one gradient batch's graph (" in note and ", measured)" in note
     assert lines[-1].startswith("S > 1 loads the whole model on every rank first (hessian.spectrum runs on the whole")
     assert not (lm / "runs").exists()  # nothing written
 
@@ -76,3 +81,17 @@ def test_config_only_folder_is_planned_from_the_formula(lm: Path) -> None:
     row = next(line.split() for line in done.stdout.splitlines() if line.split()[:2] == ["1", "2"])
     assert float(row[2]) == pytest.approx(per_rank_bytes(params, 2, 2, 2, 1) / 1e9, rel=5e-3)
     assert row[3] == "yes" and row[5] == "-"
+
+
+def test_the_sharpness_ascents_set_the_memory_when_they_hold_more_than_the_sweep(lm: Path) -> None:
+    """With the weights made on access and bfloat16 directions the sweep holds 2 + 2 x 2 bytes per parameter at S=1,
+    the default sharpness ascents 4 x 2: the row gives the larger."""
+    done = plan(lm, "--ranks", "1", "--memory-gb", "80", "model=hf", f"model.path={lm / 'config_only'}",
+                "model.dtype=bfloat16", "direction.dtype=bfloat16", "eval.perturb=on_access", "data=text",
+                f"data.path={lm / 'corpus.txt'}", "loss=causal_lm")
+    assert done.returncode == 0, done.stderr[-3000:]
+    params = hf_parameter_count(ModelConfig(name="hf", path=str(lm / "lm")))[0]
+    row = next(line.split() for line in done.stdout.splitlines() if line.split()[:2] == ["1", "1"])
+    assert float(row[2]) == pytest.approx(sharpness_bytes(params, 2, 1) / 1e9, rel=5e-3)
+    assert sharpness_bytes(params, 2, 1) > per_rank_bytes(params, 2, 2, 2, 1, theta_copy=False)
+    assert "one gradient batch's graph (0.00 GB, not counted)" in done.stdout
