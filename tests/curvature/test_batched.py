@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.curvature.adaptive import adaptive_sharpness
-from engine.curvature.batched import MAX_BATCH, BatchedLoss, graph_bytes, gradient_batch_size
+from engine.curvature.batched import MAX_BATCH, BatchedLoss, gradient_batch_size, graph_bytes
 from engine.curvature.sharpness import epsilon_sharpness
 from engine.sources.losses import CROSS_ENTROPY
 
