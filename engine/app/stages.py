@@ -504,7 +504,8 @@ def sharpness_stage(model: nn.Module, split: AnySplit, cfg: RunConfig, env: Dist
     """Keskar et al.'s epsilon-sharpness and the adaptive sharpness (worst case and average) at theta* into the
     store's attributes (summary.json reads them there); each is skipped when off or already in the store. On a
     sharded model (group) every rank of the group takes part and its leader writes."""
-    with returning_freed_memory():  # each step frees and makes again the model's size in pieces
+    whole = sum(p.numel() * p.element_size() for p in model.parameters())  # the whole model (a DTensor: its shape)
+    with returning_freed_memory(whole):  # each step frees and makes again the model's size in pieces
         ascents(model, split, cfg, env, store, loss, group)
 
 

@@ -81,16 +81,17 @@ def few_arenas() -> bool:
 
 
 RETURNED_MMAP_THRESHOLD = 2**20  # 1 MiB: a tensor of that size or more is mapped on its own and unmapped when freed
+RETURNED_FROM_BYTES = 64 * 2**20  # below this much model, what the heap keeps is small and its reuse is faster
 
 
 @contextmanager
-def returning_freed_memory() -> Iterator[None]:
-    """Inside it, allocations of 1 MiB or more get pages of their own that go back to the kernel when freed (glibc's
-    mmap threshold lowered, then set back to MMAP_THRESHOLD): for stages that allocate and free a model's size in
-    pieces many times (the sharpness ascents' steps, FSDP2's gathers), where the heap would otherwise keep the freed
-    pieces resident and grow by fragmentation. A no-op where not glibc."""
+def returning_freed_memory(model_bytes: int) -> Iterator[None]:
+    """Inside it, for a model of at least RETURNED_FROM_BYTES, allocations of 1 MiB or more get pages of their own that
+    go back to the kernel when freed (glibc's mmap threshold lowered, then set back to MMAP_THRESHOLD): for stages
+    that free and make again the model's size in pieces many times (the sharpness ascents' steps, FSDP2's gathers),
+    where the heap would keep the freed pieces resident and grow by fragmentation. A no-op where not glibc."""
     libc = None
-    if sys.platform.startswith("linux"):
+    if model_bytes >= RETURNED_FROM_BYTES and sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6")
             libc.mallopt(_M_MMAP_THRESHOLD, RETURNED_MMAP_THRESHOLD)

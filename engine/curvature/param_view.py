@@ -55,10 +55,11 @@ class WholeView:
         try:
             for p in params:
                 p.grad = None
-            with torch.enable_grad(), safe_autograd(params):
+            with torch.enable_grad():
                 for part, summed in loss_fn.parts():
                     total = total + summed
-                    torch.autograd.backward(part, inputs=params)
+                    with safe_autograd(params):  # the backward only: the forward keeps oneDNN's fast kernels
+                        torch.autograd.backward(part, inputs=params)
                     del part
             grads = [None if p.grad is None else p.grad.detach() for p in params]
         finally:
